@@ -1,0 +1,305 @@
+"""ALFF, fALFF and their normalisations (Zang 2007; Zou 2008), batch and sliding.
+
+Definitions follow METHODS.md exactly: per window of ``n`` volumes the linear trend
+is removed by least squares, ``A_k = 2 |X_k| / n`` for ``k = 0 .. n // 2`` with
+``f_k = k / (n TR)``, ALFF is the mean of ``A_k`` over the band (bounds inclusive),
+fALFF the sum over the band divided by the sum over ``k = 1 .. n // 2``. No band-pass
+filtering is applied. A series that is constant over the window has ALFF = fALFF = 0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._utils.checks import check_finite_array, check_mask, check_positive_number
+from .._utils.jit import pjit, prange
+from ._sliding import SlidingState
+
+_BAND_RTOL = 1e-9  # f_k equal to a band edge up to rounding counts as inside
+
+
+def _check_band(band) -> tuple[float, float]:
+    try:
+        low, high = (float(b) for b in band)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"band must be a pair (low, high) in Hz, got {band!r}.") from err
+    if not (np.isfinite(low) and np.isfinite(high) and 0 <= low < high):
+        raise ValueError(f"band must satisfy 0 <= low < high (Hz), got {band!r}.")
+    return low, high
+
+
+def band_bins(n: int, tr: float, band=(0.01, 0.08)) -> np.ndarray:
+    """Boolean selection of the DFT bins ``k = 1 .. n // 2`` inside ``band``.
+
+    Parameters
+    ----------
+    n : int
+        Window length in volumes.
+    tr : float
+        Repetition time in seconds.
+    band : tuple of float
+        Inclusive frequency band in Hz.
+
+    Returns
+    -------
+    numpy.ndarray of bool, shape (n // 2,)
+        ``out[k - 1]`` is True when bin ``k`` is in the band.
+
+    Raises
+    ------
+    ValueError
+        If no bin falls in the band (window too short for the band).
+    """
+    tr = check_positive_number(tr, "tr")
+    low, high = _check_band(band)
+    k = np.arange(1, n // 2 + 1)
+    freqs = k / (n * tr)
+    sel = (freqs >= low * (1 - _BAND_RTOL)) & (freqs <= high * (1 + _BAND_RTOL))
+    if not sel.any():
+        need = int(np.ceil(1.0 / (high * tr)))
+        raise ValueError(
+            f"A window of {n} volumes at tr={tr} s has frequency bins k/({n}*{tr}) Hz, none of "
+            f"which lies in band={band!r}; the window needs at least {need} volumes "
+            f"(and at least 3) to resolve the band."
+        )
+    return sel
+
+
+def _check_timeseries(ts, tr, band):
+    ts = check_finite_array(ts, "ts", min_ndim=1)
+    n = ts.shape[-1]
+    if n < 3:
+        raise ValueError(f"ts must have at least 3 time points on its last axis, got {n}.")
+    return ts, band_bins(n, tr, band)
+
+
+def _amplitudes(ts: np.ndarray) -> np.ndarray:
+    """Amplitudes ``A_k`` for ``k = 1 .. n // 2`` of the linearly detrended series."""
+    n = ts.shape[-1]
+    t = np.arange(n, dtype=np.float64)
+    t -= t.mean()
+    centred = ts - ts.mean(axis=-1, keepdims=True)
+    slope = centred @ t / (t @ t)
+    resid = centred - slope[..., None] * t
+    return 2.0 * np.abs(np.fft.rfft(resid, axis=-1)[..., 1:]) / n
+
+
+def _alff_falff(ts, tr, band):
+    ts, sel = _check_timeseries(ts, tr, band)
+    amp = _amplitudes(ts)
+    in_band = amp[..., sel].sum(axis=-1)
+    total = amp.sum(axis=-1)
+    constant = np.ptp(ts, axis=-1) == 0
+    alff_ = np.where(constant, 0.0, in_band / sel.sum())
+    with np.errstate(invalid="ignore", divide="ignore"):
+        falff_ = np.where(constant, 0.0, in_band / total)
+    return alff_, falff_
+
+
+def alff(ts, tr: float, band=(0.01, 0.08)) -> np.ndarray:
+    """Amplitude of low-frequency fluctuations.
+
+    Parameters
+    ----------
+    ts : array-like, shape (..., n)
+        Time series, time on the last axis (a 4D image gives a 3D map).
+    tr : float
+        Repetition time in seconds (> 0).
+    band : tuple of float
+        Inclusive frequency band in Hz.
+
+    Returns
+    -------
+    numpy.ndarray, shape (...)
+        ALFF; 0 for series constant in time.
+    """
+    return _alff_falff(ts, tr, band)[0]
+
+
+def falff(ts, tr: float, band=(0.01, 0.08)) -> np.ndarray:
+    """Fractional ALFF: band amplitude over the amplitude of all bins ``1 .. n // 2``.
+
+    Parameters
+    ----------
+    ts : array-like, shape (..., n)
+        Time series, time on the last axis.
+    tr : float
+        Repetition time in seconds (> 0).
+    band : tuple of float
+        Inclusive frequency band in Hz.
+
+    Returns
+    -------
+    numpy.ndarray, shape (...)
+        fALFF in [0, 1]; 0 for series constant in time.
+    """
+    return _alff_falff(ts, tr, band)[1]
+
+
+def _mask_stats(values, mask):
+    values = check_finite_array(values, "values")
+    mask = check_mask(mask, values.shape)
+    return values, mask, values[mask]
+
+
+def malff(values, mask=None) -> np.ndarray:
+    """Divide a map by its mean within ``mask`` (mALFF from ALFF; also for fALFF).
+
+    Parameters
+    ----------
+    values : array-like
+        Map (e.g. ALFF) of any shape.
+    mask : array-like of bool | None
+        Brain mask of the same shape; ``None`` uses every voxel.
+
+    Returns
+    -------
+    numpy.ndarray
+        Normalised map, 0 outside the mask.
+    """
+    values, mask, inside = _mask_stats(values, mask)
+    mean = inside.mean()
+    if mean == 0:
+        raise ValueError("values have a zero mean inside the mask; mALFF is undefined.")
+    return np.where(mask, values / mean, 0.0)
+
+
+def zalff(values, mask=None) -> np.ndarray:
+    """Z-score a map within ``mask``: ``(value - mean) / std`` (zALFF from ALFF).
+
+    Parameters
+    ----------
+    values : array-like
+        Map (e.g. ALFF) of any shape.
+    mask : array-like of bool | None
+        Brain mask of the same shape; ``None`` uses every voxel.
+
+    Returns
+    -------
+    numpy.ndarray
+        Standardised map, 0 outside the mask.
+    """
+    values, mask, inside = _mask_stats(values, mask)
+    std = inside.std()
+    if std == 0:
+        raise ValueError("values are constant inside the mask; zALFF is undefined.")
+    return np.where(mask, (values - inside.mean()) / std, 0.0)
+
+
+@pjit
+def _alff_update(x, ref, buf, last, runlen, s0, s1, yr, yi, pr, pi, er, ei, sel, n_sel,
+                 slot, n_seen, alff_out, falff_out):
+    n, n_bins = pr.shape
+    full_after = n_seen + 1 >= n
+    head = (slot + 1) % n if n_seen + 1 > n else 0  # oldest slot after the update
+    slope_den = n * (n * n - 1) / 12.0
+    for j in prange(x.shape[0]):
+        if n_seen == 0:
+            ref[j] = x[j]
+            runlen[j] = 0
+        elif x[j] == last[j]:
+            runlen[j] += 1
+        else:
+            runlen[j] = 0
+        last[j] = x[j]
+        xv = x[j] - ref[j]
+        if n_seen < n:  # warm-up: append at position m = slot
+            d = xv
+            s1[j] += slot * xv
+            s0[j] += xv
+        else:  # drop the oldest (position 0) and append at position n - 1
+            xo = buf[j, slot]
+            d = xv - xo
+            s1[j] += -(s0[j] - xo) + (n - 1) * xv
+            s0[j] += d
+        buf[j, slot] = xv
+        for k in range(n_bins):
+            yr[j, k] += d * pr[slot, k]
+            yi[j, k] += d * pi[slot, k]
+        if not full_after:
+            continue
+        if runlen[j] >= n - 1:
+            alff_out[j] = 0.0
+            falff_out[j] = 0.0
+            continue
+        b = (s1[j] - s0[j] * (n - 1) / 2.0) / slope_den
+        in_band = 0.0
+        total = 0.0
+        for k in range(n_bins):
+            re = yr[j, k] - b * er[head, k]
+            im = yi[j, k] - b * ei[head, k]
+            a = np.sqrt(re * re + im * im)
+            total += a
+            if sel[k]:
+                in_band += a
+        alff_out[j] = 2.0 * in_band / (n * n_sel)
+        falff_out[j] = in_band / total if total > 0 else 0.0
+
+
+class SlidingALFF(SlidingState):
+    """ALFF and fALFF of the last ``window`` volumes, updated every volume.
+
+    After each :meth:`partial_fit`, ``alff_`` and ``falff_`` equal :func:`alff` and
+    :func:`falff` applied to exactly the last ``window`` volumes (NaN until the
+    window is full). The update costs O(V * window / 2), with no FFT: the DFT is kept
+    in the ring buffer's slot frame and updated by one rank-one correction per
+    volume; the linear detrend enters analytically through the window's running
+    sums (the DFT of the time ramp is known in closed form).
+
+    Parameters
+    ----------
+    window : int
+        Window length in volumes.
+    tr : float
+        Repetition time in seconds.
+    band : tuple of float
+        Inclusive frequency band in Hz.
+
+    Attributes
+    ----------
+    alff_ : numpy.ndarray, shape (n_signals,)
+        ALFF of the current window.
+    falff_ : numpy.ndarray, shape (n_signals,)
+        fALFF of the current window.
+    n_seen_ : int
+        Number of volumes received.
+    """
+
+    _min_window = 3
+
+    def __init__(self, window: int, tr: float, band=(0.01, 0.08)):
+        super().__init__(window)
+        self.tr = tr
+        self.band = band
+
+    def _check_params(self) -> None:
+        super()._check_params()
+        self.band_bins_ = band_bins(self.window, self.tr, self.band)
+
+    def _allocate(self, n_signals: int) -> None:
+        n = self.window
+        n_bins = n // 2
+        k = np.arange(1, n_bins + 1)
+        slots = np.arange(n)
+        phase = np.exp(-2j * np.pi * np.outer(slots, k) / n)  # w_k ** slot
+        ramp_dft = n / (np.exp(-2j * np.pi * k / n) - 1.0)  # DFT of m = 0 .. n-1
+        corr = ramp_dft[None, :] * phase  # c_k w_k ** head
+        self._pr, self._pi = np.ascontiguousarray(phase.real), np.ascontiguousarray(phase.imag)
+        self._er, self._ei = np.ascontiguousarray(corr.real), np.ascontiguousarray(corr.imag)
+        self._sel = self.band_bins_.copy()
+        self._n_sel = int(self._sel.sum())
+        self._buf = np.zeros((n_signals, n))
+        self._ref = np.zeros(n_signals)
+        self._last = np.zeros(n_signals)
+        self._runlen = np.zeros(n_signals, dtype=np.int64)
+        self._s0 = np.zeros(n_signals)
+        self._s1 = np.zeros(n_signals)
+        self._yr = np.zeros((n_signals, n_bins))
+        self._yi = np.zeros((n_signals, n_bins))
+        self.alff_ = np.full(n_signals, np.nan)
+        self.falff_ = np.full(n_signals, np.nan)
+
+    def _update(self, x: np.ndarray) -> None:
+        _alff_update(x, self._ref, self._buf, self._last, self._runlen, self._s0, self._s1,
+                     self._yr, self._yi, self._pr, self._pi, self._er, self._ei, self._sel,
+                     self._n_sel, self._next_slot(), self.n_seen_, self.alff_, self.falff_)
