@@ -86,10 +86,12 @@ class SlidingPSC(SlidingState):
         self.frozen_ = False
 
     def freeze_baseline(self) -> SlidingPSC:
-        """Stop moving the baseline: later volumes use the current ``baseline_``."""
+        """Fix the baseline to the mean of the last ``window`` volumes for all later volumes."""
         if not self.is_full_:
             raise ValueError(f"Cannot freeze the baseline before {self.window} volumes were seen "
                              f"(got {getattr(self, 'n_seen_', 0)}).")
+        np.divide(self._sum, self.window, out=self.baseline_)
+        self.baseline_ += self._ref
         self.frozen_ = True
         return self
 
