@@ -1,0 +1,1 @@
+"""Benchmarks, run as ``python -m rtfb.bench NAME`` (see ``docs/benchmarks.md``)."""
