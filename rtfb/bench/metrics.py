@@ -128,6 +128,12 @@ def run(args: argparse.Namespace) -> int:
           f"{platform.machine()}, TR {TR} s)\n")
     # compile the kernels outside the timings
     bench_config((8, 8, 8), 8, 2, 1, rng)
+    if args.memory_updates:
+        mem = bench_memory(shapes[0], args.windows[0], args.memory_updates, rng)
+        print(f"## memory: {mem['shape']}, window {mem['window']}, all states\n")
+        print(f"RSS after the first window: {mem['rss_before']:.0f} MiB; after "
+              f"{mem['updates']} more updates: {mem['rss_after']:.0f} MiB "
+              f"(process peak {mem['peak']:.0f} MiB)\n")
     rows = []
     for shape in shapes:
         for window in args.windows:
@@ -135,10 +141,4 @@ def run(args: argparse.Namespace) -> int:
             rows += bench_config(shape, window, args.updates, args.batch_repeats, rng)
     print()
     print(format_rows(rows))
-    if args.memory_updates:
-        mem = bench_memory(shapes[0], args.windows[0], args.memory_updates, rng)
-        print(f"\n## memory: {mem['shape']}, window {mem['window']}, all states\n")
-        print(f"RSS after the first window: {mem['rss_before']:.0f} MiB; after "
-              f"{mem['updates']} more updates: {mem['rss_after']:.0f} MiB "
-              f"(process peak {mem['peak']:.0f} MiB)")
     return 0
