@@ -12,3 +12,10 @@ class RtfbError(Exception):
 
 class IngestError(RtfbError):
     """A volume could not be read (truncated, corrupt or unsupported file)."""
+
+
+class IncompleteFileError(IngestError):
+    """A file is still being written (its pixel data is shorter than its header says).
+
+    The export-folder watcher retries such files until they complete or time out.
+    """
