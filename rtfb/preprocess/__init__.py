@@ -1,0 +1,2 @@
+"""Real-time preprocessing: realignment, framewise displacement, nuisance regression,
+smoothing, masks and ROIs."""
