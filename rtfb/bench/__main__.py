@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import metrics
+from . import metrics, preprocess
 
-BENCHMARKS = {"metrics": metrics}
+BENCHMARKS = {"metrics": metrics, "preprocess": preprocess}
 
 
 def main(argv: list[str] | None = None) -> int:

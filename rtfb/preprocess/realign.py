@@ -174,7 +174,8 @@ class Realigner:
             Its voxel -> world (mm) affine.
         mask : array-like of bool, shape (X, Y, Z) | None
             Voxels whose intensity drives the fit; default: voxels above 20 % of the
-            reference's 98th percentile (the brain and skull on EPI).
+            reference's 98th percentile (the head on EPI), dilated by 2 voxels so that the
+            head's edges, where most of the information is, are included.
 
         Returns
         -------
@@ -200,7 +201,7 @@ class Realigner:
         smooth_ref = ndimage.gaussian_filter(ref, self._sigma, mode="nearest")
         if mask is None:
             thr = 0.2 * np.percentile(smooth_ref, 98)
-            mask = smooth_ref > thr
+            mask = ndimage.binary_dilation(smooth_ref > thr, iterations=2)
         else:
             mask = np.asarray(mask, dtype=bool)
             if mask.shape != ref.shape:
