@@ -1,4 +1,10 @@
-"""Command line of the simulator: ``python -m simulator subject --out DIR``."""
+"""Command line of the simulator.
+
+``python -m simulator subject --out DIR``: one synthetic subject with ground truth.
+``python -m simulator cohort --patients N --controls M --out BIDS_DIR``: a BIDS cohort with a
+planted group effect. ``python -m simulator stream SOURCE --to DIR|tcp://HOST:PORT``: play a
+run in real time, as a scanner would, with optional faults.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,9 @@ import sys
 from collections.abc import Sequence
 
 from .synthetic import make_subject, write_subject
+
+_FAULT_HELP = ("rate in [0, 1) (seeded by --fault-seed) or 1-based volume numbers, "
+               "e.g. 5,17")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -28,7 +37,125 @@ def _build_parser() -> argparse.ArgumentParser:
     subject.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     subject.add_argument("--motion", action="store_true",
                          help="apply a known rigid head-motion trace")
+
+    cohort = sub.add_parser(
+        "cohort", help="write a synthetic BIDS cohort (patients/controls, planted effect)",
+        description="Write a BIDS dataset of resting-state runs with a planted left-insula "
+                    "ALFF effect growing with the VAS pain score (none with --null); the "
+                    "ground truth goes to BIDS_DIR/derivatives/truth/.",
+    )
+    cohort.add_argument("--patients", type=int, default=10,
+                        help="number of patients (default: 10)")
+    cohort.add_argument("--controls", type=int, default=10,
+                        help="number of controls (default: 10)")
+    cohort.add_argument("--out", required=True, help="BIDS root folder (created if needed)")
+    cohort.add_argument("--null", action="store_true",
+                        help="no effect: same amplitude distribution in both groups")
+    cohort.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    cohort.add_argument("--shape", type=int, nargs=3, default=(32, 32, 20),
+                        metavar=("X", "Y", "Z"), help="grid size (default: 32 32 20)")
+    cohort.add_argument("--volumes", type=int, default=120,
+                        help="volumes per run (default: 120)")
+    cohort.add_argument("--tr", type=float, default=2.0,
+                        help="repetition time in seconds (default: 2.0)")
+    cohort.add_argument("--slope", type=float, default=3.0,
+                        help="amplitude increase per VAS point (default: 3.0)")
+
+    st = sub.add_parser(
+        "stream", help="play a run in real time to a folder or a TCP receiver",
+        description="Play SOURCE (4D NIfTI, write_subject folder or DICOM series folder) "
+                    "volume by volume on a drift-corrected TR clock, optionally with "
+                    "faults; writes a JSON manifest of what was done. Ctrl-C stops.",
+    )
+    st.add_argument("source", help="4D NIfTI file, synthetic subject folder or DICOM folder")
+    st.add_argument("--to", required=True, help="output folder or tcp://HOST:PORT")
+    st.add_argument("--tr", type=float, default=None,
+                    help="repetition time in seconds (default: from the source)")
+    st.add_argument("--speed", type=float, default=1.0,
+                    help="time compression factor (default: 1, real time)")
+    st.add_argument("--volumes", type=int, default=None,
+                    help="number of volumes, looping the source (default: its length)")
+    st.add_argument("--start-delay", type=float, default=0.0,
+                    help="real seconds before the first volume (default: 0)")
+    for name in ("drop", "duplicate", "truncate", "delay", "shuffle", "corrupt"):
+        st.add_argument(f"--{name}", default=None, metavar="RATE|LIST", help=_FAULT_HELP)
+    st.add_argument("--fault-seed", type=int, default=0,
+                    help="seed of the fault draws (default: 0)")
+    st.add_argument("--delay-seconds", type=float, default=None,
+                    help="lateness of delayed volumes, scanner seconds (default: 2 TR)")
+    st.add_argument("--truncate-fraction", type=float, default=0.5,
+                    help="fraction of a truncated file that is written (default: 0.5)")
+    st.add_argument("--corrupt-mode", choices=("random", "header"), default="random",
+                    help="random bytes of the right length, or a damaged header")
+    st.add_argument("--duplicate-mode", choices=("same", "copy"), default="same",
+                    help="rewrite the same file later, or write a <stem>_copy file")
+    st.add_argument("--chunks", type=int, default=4,
+                    help="pieces each file is written in (default: 4)")
+    st.add_argument("--chunk-pause", type=float, default=None,
+                    help="real seconds between pieces (default: from the interval)")
+    st.add_argument("--manifest", default=None,
+                    help="manifest path (default: <to>/../stream_manifest.json)")
+    st.add_argument("--connect-timeout", type=float, default=10.0,
+                    help="seconds to wait for a TCP receiver (default: 10)")
+    st.add_argument("--quiet", action="store_true", help="no line per volume")
     return parser
+
+
+def _run_cohort(parser, args) -> int:
+    from .cohort import write_cohort
+
+    try:
+        truth = write_cohort(args.out, args.patients, args.controls, seed=args.seed,
+                             null=args.null, shape=args.shape, n_volumes=args.volumes,
+                             tr=args.tr, slope=args.slope)
+    except ValueError as err:
+        parser.exit(2, f"error: {err}\n")
+    effect = "no effect (null)" if args.null else f"ALFF slope {args.slope:g} per VAS point"
+    print(f"BIDS cohort of {args.patients} patients and {args.controls} controls "
+          f"({' x '.join(str(s) for s in args.shape)} x {args.volumes}, TR {args.tr:g} s, "
+          f"{effect}, seed {args.seed}) written to {args.out}")
+    for pid, subj in truth["subjects"].items():
+        print(f"  {pid}  {subj['group']:7s}  VAS {subj['vas']:4.1f}  "
+              f"planted amplitude {subj['alff_amplitude']:6.2f}")
+    print(f"  ground truth: {args.out}/derivatives/truth/truth.json")
+    return 0
+
+
+def _run_stream(parser, args) -> int:
+    from .stream import parse_fault_value, stream
+
+    faults = {}
+    try:
+        for name in ("drop", "duplicate", "truncate", "delay", "shuffle", "corrupt"):
+            value = getattr(args, name)
+            if value is not None:
+                faults[name] = parse_fault_value(value)
+    except ValueError as err:
+        parser.exit(2, f"error: {err}\n")
+    log = None if args.quiet else (lambda msg: print(msg, flush=True))
+    try:
+        doc = stream(args.source, args.to, args.tr, speed=args.speed, volumes=args.volumes,
+                     faults=faults, fault_seed=args.fault_seed,
+                     delay_seconds=args.delay_seconds,
+                     truncate_fraction=args.truncate_fraction,
+                     corrupt_mode=args.corrupt_mode, duplicate_mode=args.duplicate_mode,
+                     chunks=args.chunks, chunk_pause=args.chunk_pause,
+                     start_delay=args.start_delay, manifest=args.manifest,
+                     connect_timeout=args.connect_timeout, log=log)
+    except KeyboardInterrupt:
+        print("interrupted; the manifest says what was written", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, ConnectionError) as err:
+        parser.exit(2, f"error: {err}\n")
+    timing = doc["timing"]
+    actions: dict[str, int] = {}
+    for rec in doc["volumes"]:
+        actions[rec["action"]] = actions.get(rec["action"], 0) + 1
+    summary = ", ".join(f"{n} {a}" for a, n in actions.items())
+    print(f"{doc['status']}: {doc['n_volumes']} volumes to {doc['to']} ({summary}); "
+          f"lateness median {timing['median']} ms, max {timing['max']} ms; "
+          f"manifest {doc['manifest']}")
+    return 0 if doc["status"] == "completed" else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -46,6 +173,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = _build_parser()
     args = parser.parse_args(argv)
+    if args.command == "cohort":
+        return _run_cohort(parser, args)
+    if args.command == "stream":
+        return _run_stream(parser, args)
     if args.command != "subject":
         parser.print_help()
         return 1

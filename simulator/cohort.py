@@ -1,0 +1,307 @@
+"""Synthetic resting-state cohort (BIDS) with a planted, known group effect.
+
+Patients and controls are synthetic subjects (:func:`simulator.synthetic.make_subject`)
+on one shared grid and affine, so the brain mask and the ROIs are the same voxels in every
+subject and group statistics are meaningful. Each subject has its own seed (spawned from
+the cohort seed), hence its own texture ("anatomy"), noise, phase of the insula
+oscillation and a baseline intensity varying by a few percent.
+
+Planted effect (ALFF of the left insula)::
+
+    amplitude_i = base_amplitude + slope * VAS_i + N(0, amplitude_sd)    (clipped at 0)
+
+where ``VAS_i`` is the subject's pain score (0-10; controls ~U(0, 1), patients
+~U(3, 9)). Patients have higher VAS, so higher left-insula low-frequency amplitude, and
+across subjects the amplitude correlates with VAS. With ``null=True`` the slope is 0: the
+amplitude has the same distribution in both groups and does not depend on VAS.
+
+Layout written by :func:`write_cohort`::
+
+    BIDS_DIR/
+      dataset_description.json, README, participants.tsv, participants.json
+      sub-XX/func/sub-XX_task-rest_bold.nii.gz, sub-XX_task-rest_bold.json
+      derivatives/truth/
+        dataset_description.json
+        truth.json                    effect definition + per-subject planted values
+        mask.nii.gz                   shared brain mask (uint8)
+        roi-<name>.nii.gz             shared ROIs (uint8)
+        sub-XX/sub-XX_truth.json      full make_subject truth of that subject
+
+Subjects are numbered patients first (``sub-01`` .. ``sub-<N>``), then controls. Nothing
+here imports ``rtfb``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .synthetic import make_subject
+
+__all__ = ["CohortSubject", "make_cohort_plan", "write_cohort"]
+
+BIDS_VERSION = "1.8.0"
+TASK = "rest"
+_GROUP_VAS = {"patient": (3.0, 9.0), "control": (0.0, 1.0)}
+_AGE_RANGE = (20, 65)
+_BASELINE_SD = 0.03  # relative between-subject variation of the baseline intensity
+
+
+@dataclass(frozen=True)
+class CohortSubject:
+    """Demographics and planted values of one cohort subject."""
+
+    participant_id: str
+    group: str
+    age: int
+    sex: str
+    vas: float
+    seed: int
+    alff_amplitude: float
+    baseline: float
+
+    def as_dict(self) -> dict:
+        """JSON-friendly dict."""
+        return {
+            "participant_id": self.participant_id, "group": self.group, "age": self.age,
+            "sex": self.sex, "vas": self.vas, "seed": self.seed,
+            "alff_amplitude": self.alff_amplitude, "baseline": self.baseline,
+        }
+
+
+def make_cohort_plan(
+    n_patients: int,
+    n_controls: int,
+    seed: int = 0,
+    null: bool = False,
+    *,
+    base_amplitude: float = 10.0,
+    slope: float = 3.0,
+    amplitude_sd: float = 2.0,
+    baseline: float = 1000.0,
+) -> list[CohortSubject]:
+    """Draw demographics, VAS, per-subject seeds and planted amplitudes (no images).
+
+    Parameters
+    ----------
+    n_patients, n_controls : int
+        Group sizes (>= 0, at least one subject in all).
+    seed : int
+        Cohort seed; the same seed gives the same plan.
+    null : bool
+        No effect: the amplitude does not depend on group or VAS (``slope`` ignored).
+    base_amplitude, slope, amplitude_sd : float
+        ``amplitude = base_amplitude + slope * VAS + N(0, amplitude_sd)``, clipped at 0.
+    baseline : float
+        Mean baseline intensity; each subject's varies by ~3 % around it.
+
+    Returns
+    -------
+    list of CohortSubject
+        Patients first, then controls.
+    """
+    n_patients, n_controls = int(n_patients), int(n_controls)
+    if n_patients < 0 or n_controls < 0 or n_patients + n_controls < 1:
+        raise ValueError(f"need >= 0 patients and controls and at least one subject, got "
+                         f"{n_patients} patients and {n_controls} controls.")
+    for name, value in (("base_amplitude", base_amplitude), ("slope", slope),
+                        ("amplitude_sd", amplitude_sd)):
+        if not np.isfinite(value) or value < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
+    n = n_patients + n_controls
+    width = max(2, len(str(n)))
+    root = np.random.SeedSequence(int(seed))
+    rng = np.random.default_rng(root.spawn(1)[0])
+    subject_seeds = [int(s.generate_state(1)[0]) for s in root.spawn(n)]
+    groups = ["patient"] * n_patients + ["control"] * n_controls
+    effective_slope = 0.0 if null else float(slope)
+    plan = []
+    for i, group in enumerate(groups):
+        lo, hi = _GROUP_VAS[group]
+        vas = round(float(rng.uniform(lo, hi)), 1)
+        age = int(rng.integers(_AGE_RANGE[0], _AGE_RANGE[1] + 1))
+        sex = "F" if rng.random() < 0.5 else "M"
+        jitter = float(rng.normal(0.0, amplitude_sd))
+        amplitude = max(0.0, base_amplitude + effective_slope * vas + jitter)
+        subj_baseline = float(baseline * (1.0 + _BASELINE_SD * rng.standard_normal()))
+        plan.append(CohortSubject(
+            participant_id=f"sub-{i + 1:0{width}d}", group=group, age=age, sex=sex,
+            vas=vas, seed=subject_seeds[i], alff_amplitude=round(amplitude, 6),
+            baseline=round(subj_baseline, 6),
+        ))
+    return plan
+
+
+def _save_nifti(array, affine, path: Path, dtype, tr: float | None = None) -> Path:
+    import nibabel as nib
+
+    img = nib.Nifti1Image(np.asarray(array, dtype=dtype), affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    img.header.set_data_dtype(dtype)
+    zooms = tuple(float(z) for z in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
+    img.header.set_zooms(zooms + ((float(tr),) if tr is not None else ()))
+    img.header.set_xyzt_units("mm", "sec")
+    nib.save(img, path)
+    return path
+
+
+def _write_json(path: Path, obj) -> Path:
+    path.write_text(json.dumps(obj, indent=2) + "\n")
+    return path
+
+
+def write_cohort(
+    out_dir: str | Path,
+    n_patients: int,
+    n_controls: int,
+    *,
+    seed: int = 0,
+    null: bool = False,
+    shape: Sequence[int] = (32, 32, 20),
+    n_volumes: int = 120,
+    tr: float = 2.0,
+    base_amplitude: float = 10.0,
+    slope: float = 3.0,
+    amplitude_sd: float = 2.0,
+    **subject_kwargs,
+) -> dict:
+    """Write a synthetic BIDS cohort with a planted left-insula ALFF effect.
+
+    Parameters
+    ----------
+    out_dir : str | pathlib.Path
+        BIDS root (created if needed; existing files of the same names are replaced).
+    n_patients, n_controls : int
+        Group sizes.
+    seed : int
+        Cohort seed: same seed, same dataset (voxel for voxel).
+    null : bool
+        No group or VAS effect (see module docstring).
+    shape, n_volumes, tr
+        Grid, run length and repetition time (s), shared by all subjects.
+    base_amplitude, slope, amplitude_sd : float
+        Effect definition (see :func:`make_cohort_plan`).
+    **subject_kwargs
+        Further keyword arguments of :func:`simulator.synthetic.make_subject` (e.g.
+        ``noise_sigma``); ``alff_amplitude``, ``baseline``, ``seed`` are set per subject.
+
+    Returns
+    -------
+    dict
+        The cohort truth (also saved as ``derivatives/truth/truth.json``).
+    """
+    forbidden = {"alff_amplitude", "seed", "shape", "n_volumes", "tr"} & set(subject_kwargs)
+    if forbidden:
+        raise ValueError(f"{sorted(forbidden)} are set by write_cohort, not per subject.")
+    mean_baseline = float(subject_kwargs.pop("baseline", 1000.0))
+    plan = make_cohort_plan(n_patients, n_controls, seed=seed, null=null,
+                            base_amplitude=base_amplitude, slope=slope,
+                            amplitude_sd=amplitude_sd, baseline=mean_baseline)
+    root = Path(out_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    truth_dir = root / "derivatives" / "truth"
+    truth_dir.mkdir(parents=True, exist_ok=True)
+
+    kind = "null (no group or VAS effect)" if null else "left-insula ALFF increases with VAS"
+    _write_json(root / "dataset_description.json", {
+        "Name": f"rtfb synthetic resting-state cohort ({kind})",
+        "BIDSVersion": BIDS_VERSION,
+        "DatasetType": "raw",
+        "License": "CC0",
+        "Authors": ["rtfb simulator"],
+        "GeneratedBy": [{"Name": "rtfb simulator", "Description":
+                         "python -m simulator cohort (synthetic data, no real participant)"}],
+    })
+    (root / "README").write_text(
+        "Synthetic resting-state fMRI cohort written by `python -m simulator cohort`.\n"
+        "No real participant: all images and demographics are simulated.\n"
+        "The planted ground truth is in derivatives/truth/ (truth.json, masks).\n")
+    with open(root / "participants.tsv", "w", newline="") as fh:
+        writer = csv.writer(fh, delimiter="\t", lineterminator="\n")
+        writer.writerow(["participant_id", "group", "age", "sex", "vas"])
+        for s in plan:
+            writer.writerow([s.participant_id, s.group, s.age, s.sex, f"{s.vas:.1f}"])
+    _write_json(root / "participants.json", {
+        "group": {"Description": "Clinical group",
+                  "Levels": {"patient": "chronic pain patient", "control": "healthy control"}},
+        "age": {"Description": "Age", "Units": "year"},
+        "sex": {"Description": "Sex", "Levels": {"F": "female", "M": "male"}},
+        "vas": {"Description": "Pain intensity on a visual analogue scale, 0 (no pain) to "
+                               "10 (worst imaginable pain)", "Units": "arbitrary"},
+    })
+
+    shared = None
+    subjects_truth = {}
+    for s in plan:
+        subject = make_subject(shape, n_volumes, tr=tr, seed=s.seed,
+                               alff_amplitude=s.alff_amplitude, baseline=s.baseline,
+                               **subject_kwargs)
+        if shared is None:
+            shared = subject
+        elif not (np.array_equal(subject.affine, shared.affine)
+                  and np.array_equal(subject.mask, shared.mask)
+                  and all(np.array_equal(subject.rois[k], shared.rois[k])
+                          for k in shared.rois)):  # pragma: no cover - make_subject contract
+            raise RuntimeError("subjects do not share the grid, mask and ROIs.")
+        func = root / s.participant_id / "func"
+        func.mkdir(parents=True, exist_ok=True)
+        stem = f"{s.participant_id}_task-{TASK}_bold"
+        _save_nifti(subject.data, subject.affine, func / f"{stem}.nii.gz", np.float32, tr)
+        _write_json(func / f"{stem}.json", {"RepetitionTime": float(tr), "TaskName": TASK})
+        sub_truth_dir = truth_dir / s.participant_id
+        sub_truth_dir.mkdir(exist_ok=True)
+        _write_json(sub_truth_dir / f"{s.participant_id}_truth.json", subject.truth)
+        subjects_truth[s.participant_id] = {
+            **s.as_dict(), "bold": f"{s.participant_id}/func/{stem}.nii.gz",
+            "alff_phase_rad": subject.truth["alff"]["phase_rad"],
+        }
+        del subject
+
+    _save_nifti(shared.mask, shared.affine, truth_dir / "mask.nii.gz", np.uint8)
+    for name, roi in shared.rois.items():
+        _save_nifti(roi, shared.affine, truth_dir / f"roi-{name}.nii.gz", np.uint8)
+    _write_json(truth_dir / "dataset_description.json", {
+        "Name": "Planted ground truth of the synthetic cohort",
+        "BIDSVersion": BIDS_VERSION,
+        "DatasetType": "derivative",
+        "GeneratedBy": [{"Name": "rtfb simulator"}],
+    })
+    alff = shared.truth["alff"]
+    truth = {
+        "null": bool(null),
+        "seed": int(seed),
+        "n_patients": int(n_patients),
+        "n_controls": int(n_controls),
+        "shape": list(shared.truth["shape"]),
+        "n_volumes": int(n_volumes),
+        "tr": float(tr),
+        "voxel_size": shared.truth["voxel_size"],
+        "affine": shared.affine.tolist(),
+        "effect": {
+            "metric": "ALFF",
+            "roi": "left_insula",
+            "control_roi": "right_insula",
+            "frequency_hz": alff["frequency_hz"],
+            "signal": "amplitude * sin(2 pi frequency_hz t + phase) added to every "
+                      "left_insula voxel, phase random per subject",
+            "definition": "amplitude = max(0, base_amplitude + slope * vas + "
+                          "N(0, amplitude_sd)); slope = 0 when null",
+            "base_amplitude": float(base_amplitude),
+            "slope": 0.0 if null else float(slope),
+            "amplitude_sd": float(amplitude_sd),
+            "vas_ranges": {g: list(r) for g, r in _GROUP_VAS.items()},
+        },
+        "noise_sigma": shared.truth["noise_sigma"],
+        "mask": "mask.nii.gz",
+        "rois": {name: f"roi-{name}.nii.gz" for name in shared.rois},
+        "roi_voxels": shared.truth["roi_voxels"],
+        "subjects": subjects_truth,
+    }
+    _write_json(truth_dir / "truth.json", truth)
+    return truth

@@ -1,0 +1,114 @@
+"""TR clock: absolute schedule, no accumulated error, stoppable, jitter report.
+
+Timing assertions are deliberately loose (2 shared cores, other jobs running).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from simulator.clock import TimingReport, TRClock, run_ticks
+
+N_TICKS = 50
+INTERVAL = 0.010
+
+
+def _run(callback, n=N_TICKS, interval=INTERVAL):
+    clock = TRClock(interval)
+    clock.start()
+    fired = []
+    for k in clock.ticks(n):
+        fired.append(time.perf_counter() - clock.t0)
+        callback(k)
+    return clock, np.array(fired)
+
+
+def test_slow_callback_does_not_accumulate():
+    # a naive "sleep(interval) after the work" loop would take 50 * 16 ms = 0.8 s
+    clock, fired = _run(lambda k: time.sleep(0.006))
+    expected_last = (N_TICKS - 1) * INTERVAL  # 0.49 s
+    assert fired.size == N_TICKS
+    assert expected_last - 1e-3 <= fired[-1] < expected_last + 0.1
+    # every tick at or after its target, never early
+    targets = np.arange(N_TICKS) * INTERVAL
+    assert (fired >= targets - 1e-4).all()
+    assert np.median(fired - targets) < 0.005
+
+
+def test_late_tick_is_caught_up():
+    # one 45 ms hiccup: the following ticks fire at once until back on schedule
+    clock, fired = _run(lambda k: time.sleep(0.045 if k == 5 else 0.0))
+    targets = np.arange(N_TICKS) * INTERVAL
+    assert fired[-1] < (N_TICKS - 1) * INTERVAL + 0.1
+    assert fired[6] - targets[6] > 0.02  # late right after the hiccup
+    assert np.median(fired[20:] - targets[20:]) < 0.005  # on schedule again
+    report = clock.report()
+    assert report.n == N_TICKS
+    assert report.max > 0.02
+
+
+def test_targets_are_absolute():
+    clock = TRClock(0.5, start_delay=1.0)
+    t0 = clock.start(t0=100.0)
+    assert t0 == 100.0
+    assert clock.target(0) == 100.0
+    assert clock.target(7) == pytest.approx(103.5)
+    assert clock.target(10_000) == pytest.approx(100.0 + 5000.0)  # no summed floats
+
+
+def test_start_delay():
+    clock = TRClock(0.01, start_delay=0.05)
+    before = time.perf_counter()
+    clock.start()
+    assert clock.wait(0) is not None
+    assert time.perf_counter() - before >= 0.05 - 1e-4
+
+
+def test_run_ticks_report():
+    calls = []
+    report = run_ticks(calls.append, 10, 0.005)
+    assert calls == list(range(10))
+    assert isinstance(report, TimingReport)
+    assert report.n == 10
+    assert report.min >= -1e-4
+    d = report.as_dict("ms")
+    assert d["unit"] == "ms" and d["n"] == 10
+    assert d["max"] == pytest.approx(report.max * 1e3, abs=1e-3)
+    assert "ticks" in str(report)
+
+
+def test_empty_report():
+    report = TimingReport.from_lateness([])
+    assert report.n == 0
+    assert report.as_dict()["median"] is None
+    with pytest.raises(ValueError, match="unit"):
+        report.as_dict("us")
+
+
+def test_stop_event_interrupts_a_long_wait():
+    stop = threading.Event()
+    clock = TRClock(5.0, stop_event=stop)
+    clock.start()
+    timer = threading.Timer(0.1, stop.set)
+    timer.start()
+    t = time.perf_counter()
+    ticks = list(clock.ticks(3))
+    assert ticks == [0]  # tick 0 is due at once; tick 1 (5 s later) never comes
+    assert time.perf_counter() - t < 2.0
+    assert clock.sleep_until(time.perf_counter() + 10) is None
+    timer.join()
+
+
+@pytest.mark.parametrize("interval", [0, -1, float("nan"), float("inf")])
+def test_bad_interval(interval):
+    with pytest.raises(ValueError, match="interval"):
+        TRClock(interval)
+
+
+def test_bad_start_delay():
+    with pytest.raises(ValueError, match="start_delay"):
+        TRClock(1.0, start_delay=-1)
