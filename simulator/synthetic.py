@@ -175,9 +175,9 @@ def _band_limited(rng, n_signals, n_volumes, tr, band) -> np.ndarray:
     return q.T * np.sqrt(n_volumes)
 
 
-def _motion_trace(rng, n_volumes, max_translation, max_rotation) -> np.ndarray:
+def _motion_trace(rng, n_volumes, max_translation, max_rotation, step=0.08) -> np.ndarray:
     """Smooth random walk (n_volumes, 6), zero at volume 0, within the bounds."""
-    steps = rng.standard_normal((n_volumes, 6)) * np.array([0.08] * 3 + [0.08] * 3)
+    steps = rng.standard_normal((n_volumes, 6)) * step
     steps[0] = 0.0
     walk = ndimage.gaussian_filter1d(np.cumsum(steps, axis=0), 2.0, axis=0, mode="nearest")
     walk -= walk[0]
@@ -226,6 +226,7 @@ def make_subject(
     reho_smoothing: float = 1.5,
     max_translation: float = 3.0,
     max_rotation: float = 3.0,
+    motion_step: float = 0.08,
 ) -> SyntheticSubject:
     """Generate a synthetic BOLD run with planted ALFF, seed-FC and ReHo effects.
 
@@ -266,6 +267,9 @@ def make_subject(
         Gaussian sigma (voxels) of that smooth noise.
     max_translation, max_rotation : float
         Bounds of the motion trace (mm, degrees).
+    motion_step : float
+        Standard deviation of the random walk's steps per volume (mm, degrees) before
+        smoothing; larger values reach the bounds sooner.
 
     Returns
     -------
@@ -354,7 +358,8 @@ def make_subject(
     # rigid motion, then thermal noise
     params = None
     if motion:
-        params = _motion_trace(rng, n_volumes, float(max_translation), float(max_rotation))
+        params = _motion_trace(rng, n_volumes, float(max_translation), float(max_rotation),
+                               _check_positive(motion_step, "motion_step"))
         _apply_motion(data, params, zooms)
     noise_scale = np.full(shape, noise_sigma, dtype=np.float32)
     noise_scale[homo] *= np.float32(np.sqrt(1.0 - reho_fraction))
@@ -416,6 +421,7 @@ def make_subject(
             "reference_volume": 0,
             "max_translation_mm": float(max_translation),
             "max_rotation_deg": float(max_rotation),
+            "step_sd": float(motion_step),
             "parameters": params.tolist(),
         }
     return SyntheticSubject(data=data, affine=affine, mask=mask, rois=rois, truth=truth)

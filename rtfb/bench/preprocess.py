@@ -21,7 +21,8 @@ from ._timing import summary_ms
 def _subject(shape, n_volumes, seed):
     from simulator import make_subject
 
-    return make_subject(shape=shape, n_volumes=n_volumes, motion=True, seed=seed)
+    return make_subject(shape=shape, n_volumes=n_volumes, motion=True, seed=seed,
+                        motion_step=0.4)
 
 
 def displacement_error(estimates, truth, points) -> np.ndarray:

@@ -9,7 +9,7 @@ from simulator.synthetic import rigid_matrix as simulator_rigid_matrix
 
 @pytest.fixture(scope="module")
 def moving_subject():
-    return make_subject(shape=(64, 64, 36), n_volumes=40, motion=True, seed=3)
+    return make_subject(shape=(64, 64, 36), n_volumes=40, motion=True, seed=3, motion_step=0.4)
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +40,7 @@ def test_recovers_simulated_motion(moving_subject):
     estimates = np.array([realigner.estimate(moving_subject.data[..., t]).copy()
                           for t in range(truth.shape[0])])
     err = np.abs(estimates - truth)
+    assert np.abs(truth[:, :3]).max() > 1.5 and np.abs(truth[:, 3:]).max() > 1.5
     assert np.median(err[:, :3]) < 0.05 and np.median(err[:, 3:]) < 0.05
     assert err.max() < 0.3
     assert realigner.converged_
