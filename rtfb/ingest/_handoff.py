@@ -1,0 +1,280 @@
+"""Hand-off from an acquisition thread to the processing thread: ordering, bounded queue, stats.
+
+Shared by :class:`~rtfb.ingest.watcher.FolderWatcher` and
+:class:`~rtfb.ingest.tcp.TCPReceiver`. The acquisition thread calls :meth:`_Handoff.submit`
+and :meth:`_Handoff.flush`; the processing thread calls :meth:`_Handoff.get`.
+
+Clocks: every ``seen``/``complete``/``queued`` time is :func:`time.perf_counter` (monotonic,
+for durations); ``queued_wall`` and ``mtime`` are :func:`time.time` seconds since the epoch
+(for the session record and to compare with a file's modification time).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, fields
+
+from .ordering import ACCEPTED, LATE, Late, Missing, VolumeOrderer
+from .volume import Volume
+
+logger = logging.getLogger("rtfb.ingest")
+
+_PUT_POLL = 0.1  # seconds between checks of the stop flag while the queue is full
+
+
+@dataclass(frozen=True)
+class VolumeTiming:
+    """When one delivered volume was seen, found complete and made available.
+
+    Attributes
+    ----------
+    index : int
+        Volume index.
+    source : str
+        File name (without directory) or ``"tcp"``.
+    seen : float
+        :func:`time.perf_counter` when the file was first listed / the frame's first byte
+        arrived.
+    complete : float
+        :func:`time.perf_counter` when the volume was found complete (read succeeded /
+        payload received and decoded).
+    queued : float
+        :func:`time.perf_counter` when it was put in the queue (available to ``get``).
+    queued_wall : float
+        :func:`time.time` at the same moment as ``queued``.
+    mtime : float | None
+        The file's modification time (:func:`time.time` clock of the file server) when it was
+        read; ``queued_wall - mtime`` estimates the latency from the last write to
+        availability (only meaningful on a local disk). None for TCP.
+    wait : float
+        Seconds the acquisition thread was blocked on a full queue before this volume went in
+        (included in ``queued - complete``).
+    late : bool
+        Delivered as :class:`~rtfb.ingest.ordering.Late`.
+    """
+
+    index: int
+    source: str
+    seen: float
+    complete: float
+    queued: float
+    queued_wall: float
+    mtime: float | None
+    wait: float
+    late: bool
+
+
+@dataclass(frozen=True)
+class IngestStats:
+    """Snapshot of an acquisition thread's counters (``watcher.stats``, ``receiver.stats``).
+
+    Attributes
+    ----------
+    delivered : int
+        Volumes put in the queue in order (late ones not included).
+    late : int
+        Volumes delivered as :class:`~rtfb.ingest.ordering.Late`.
+    missing : int
+        :class:`~rtfb.ingest.ordering.Missing` events delivered.
+    duplicates : int
+        Files/frames ignored because their index was already received.
+    other_series : int
+        Files/frames ignored because they belong to another series.
+    out_of_range : int
+        Volumes refused because their index was implausibly far ahead (``max_ahead``).
+    unreadable : int
+        Files that could not be read (corrupt, unsupported, reader error). Watcher only.
+    truncated : int
+        Files (or slice groups) still incomplete ``incomplete_timeout`` after their last
+        change. Watcher only.
+    malformed : int
+        Frames refused (bad magic, header, size, connection closed mid-frame). TCP only.
+    connections : int
+        Connections accepted. TCP only.
+    queue_high_water : int
+        Largest number of items that were in the queue at once.
+    blocked_episodes : int
+        Episodes of back-pressure: times the queue was found full after having had room
+        (one warning is logged per episode).
+    blocked_seconds : float
+        Total time spent waiting on a full queue.
+    latencies : tuple of float
+        Per delivered volume (in delivery order): ``queued - complete`` in seconds, i.e. from
+        found complete to available to the processing thread.
+    timings : tuple of VolumeTiming
+        Per delivered volume, all time stamps (the last ``max_timings`` only).
+    """
+
+    delivered: int = 0
+    late: int = 0
+    missing: int = 0
+    duplicates: int = 0
+    other_series: int = 0
+    out_of_range: int = 0
+    unreadable: int = 0
+    truncated: int = 0
+    malformed: int = 0
+    connections: int = 0
+    queue_high_water: int = 0
+    blocked_episodes: int = 0
+    blocked_seconds: float = 0.0
+    latencies: tuple[float, ...] = ()
+    timings: tuple[VolumeTiming, ...] = ()
+
+
+_COUNTERS = tuple(f.name for f in fields(IngestStats) if f.name not in ("latencies", "timings"))
+
+
+class _Handoff:
+    """Orderer + bounded queue + stats, owned by one acquisition thread."""
+
+    def __init__(self, *, queue_size: int, gap_timeout: float, first_index: int | None,
+                 max_pending: int, max_ahead: int, max_timings: int,
+                 stop_event: threading.Event, name: str) -> None:
+        self.queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self.orderer = VolumeOrderer(gap_timeout, first_index=first_index,
+                                     max_pending=max_pending, max_ahead=max_ahead)
+        self._stop = stop_event
+        self._name = name
+        self._lock = threading.Lock()
+        self._counts = dict.fromkeys(_COUNTERS, 0)
+        self._counts["blocked_seconds"] = 0.0
+        self._latencies: deque[float] = deque(maxlen=max_timings)
+        self._timings: deque[VolumeTiming] = deque(maxlen=max_timings)
+        self._arrival: dict[int, tuple[str, float, float, float | None]] = {}
+        self.undelivered = 0  # items left out because stop() came while the queue was full
+        self._full_episode = False
+
+    # -- acquisition-thread side -------------------------------------------------------------
+    def count(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[name] += n
+
+    def is_known(self, index: int) -> bool:
+        return self.orderer.is_known(index)
+
+    def submit(self, volume: Volume, *, seen: float, complete: float,
+               mtime: float | None = None) -> str:
+        """Hand a complete volume to the orderer; return the orderer's status string."""
+        status = self.orderer.add(volume, complete)
+        if status in (ACCEPTED, LATE):
+            self._arrival[volume.index] = (volume.source, seen, complete, mtime)
+        self.flush()
+        return status
+
+    def time_to_deadline(self, default: float) -> float:
+        deadline = self.orderer.next_deadline()
+        if deadline is None:
+            return default
+        return min(default, max(0.0, deadline - time.perf_counter()))
+
+    def flush(self) -> None:
+        """Deliver everything the orderer has ready (blocks while the queue is full)."""
+        ready = self.orderer.poll(time.perf_counter())
+        for i, item in enumerate(ready):
+            if isinstance(item, Missing):
+                logger.warning("%s: volume %d missing: %s", self._name, item.index, item.reason)
+            elif isinstance(item, Late):
+                logger.warning("%s: volume %d arrived late (%s), after it was reported "
+                               "missing; delivered flagged as Late", self._name, item.index,
+                               item.volume.source)
+            if not self._put(item):
+                self.undelivered += len(ready) - i
+                return
+
+    def close(self) -> None:
+        """At shutdown: release volumes waiting behind gaps, without blocking."""
+        ready = self.orderer.release_all("acquisition stopped before it arrived")
+        for item in ready:
+            try:
+                self.queue.put_nowait(item)
+            except queue.Full:
+                self.undelivered += 1
+                continue
+            self._record(item, 0.0)
+        if self.undelivered:
+            logger.warning("%s: stopped with %d item(s) not delivered (queue full)",
+                           self._name, self.undelivered)
+
+    def _put(self, item) -> bool:
+        wait = 0.0
+        try:
+            self.queue.put_nowait(item)
+        except queue.Full:
+            if not self._full_episode:  # one warning per episode of back-pressure
+                self._full_episode = True
+                self.count("blocked_episodes")
+                logger.warning("%s: queue full (%d items): the processing thread is behind; "
+                               "acquisition waits (nothing is dropped)", self._name,
+                               self.queue.maxsize)
+            t0 = time.perf_counter()
+            while True:
+                if self._stop.is_set():
+                    self.count("blocked_seconds", time.perf_counter() - t0)
+                    return False
+                try:
+                    self.queue.put(item, timeout=_PUT_POLL)
+                    break
+                except queue.Full:
+                    continue
+            wait = time.perf_counter() - t0
+        else:
+            if self._full_episode:
+                self._full_episode = False
+                logger.info("%s: queue has room again", self._name)
+        self._record(item, wait)
+        return True
+
+    def _record(self, item, wait: float) -> None:
+        queued = time.perf_counter()
+        queued_wall = time.time()
+        size = self.queue.qsize()
+        with self._lock:
+            c = self._counts
+            c["queue_high_water"] = max(c["queue_high_water"], size)
+            c["blocked_seconds"] += wait
+            if isinstance(item, Missing):
+                c["missing"] += 1
+                return
+            late = isinstance(item, Late)
+            c["late" if late else "delivered"] += 1
+            index = item.index
+            source, seen, complete, mtime = self._arrival.pop(index)
+            self._latencies.append(queued - complete)
+            self._timings.append(VolumeTiming(index, source, seen, complete, queued,
+                                              queued_wall, mtime, wait, late))
+
+    # -- consumer side -----------------------------------------------------------------------
+    def get(self, timeout: float | None, running) -> object:
+        """Next item; raise queue.Empty on timeout, or at once if stopped and empty."""
+        deadline = None if timeout is None else time.perf_counter() + timeout
+        while True:
+            if deadline is None:
+                step = _PUT_POLL
+            else:
+                step = deadline - time.perf_counter()
+                if step <= 0:
+                    return self.queue.get_nowait()
+                step = min(step, _PUT_POLL)
+            try:
+                return self.queue.get(timeout=step)
+            except queue.Empty:
+                if not running():
+                    return self.queue.get_nowait()
+
+    def timing(self, index: int) -> VolumeTiming | None:
+        """Timing record of the most recent delivery of ``index`` (searching from the end)."""
+        with self._lock:
+            for t in reversed(self._timings):
+                if t.index == index:
+                    return t
+        return None
+
+    def stats(self) -> IngestStats:
+        with self._lock:
+            return IngestStats(**self._counts, latencies=tuple(self._latencies),
+                               timings=tuple(self._timings))
