@@ -1,2 +1,3 @@
 """Real-time preprocessing: realignment, framewise displacement, nuisance regression,
-smoothing, masks and ROIs."""
+smoothing, masks and ROIs.
+"""
