@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import metrics, preprocess
+from . import ingest, metrics, preprocess
 
-BENCHMARKS = {"metrics": metrics, "preprocess": preprocess}
+BENCHMARKS = {"metrics": metrics, "ingest": ingest, "preprocess": preprocess}
 
 
 def main(argv: list[str] | None = None) -> int:
