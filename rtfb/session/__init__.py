@@ -1,0 +1,1 @@
+"""Session service: runs a protocol, records everything, reads records back, reports."""
