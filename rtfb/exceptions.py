@@ -19,3 +19,22 @@ class IncompleteFileError(IngestError):
 
     The export-folder watcher retries such files until they complete or time out.
     """
+
+
+class ProtocolError(RtfbError, ValueError):
+    """A protocol file is invalid.
+
+    The message names the file (``source``), the dotted key (``key``, e.g.
+    ``feedback.direction`` or ``blocks[2].volumes``; ``None`` for errors of the whole
+    file such as TOML syntax) and what was expected versus what was found (``reason``).
+    """
+
+    def __init__(self, source: str, key: str | None, reason: str):
+        self.source = source
+        self.key = key
+        self.reason = reason
+        where = f"{source}: {key}: " if key else f"{source}: "
+        super().__init__(where + reason)
+
+    def __reduce__(self):
+        return type(self), (self.source, self.key, self.reason)
