@@ -9,11 +9,12 @@ BIN := $(VENV)/bin
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,display]"
 	touch $@
 
 demo: $(BIN)/.installed
-	$(BIN)/rtfb demo
+	$(BIN)/rtfb run protocols/insula_alff_downregulation.toml --simulate --speed 40 --out sessions
+	$(BIN)/rtfb report "$$(ls -d sessions/sub-* | tail -n 1)"
 
 test: $(BIN)/.installed
 	$(BIN)/ruff check rtfb simulator tests

@@ -1,66 +1,88 @@
-"""The ``rtfb`` command line."""
-
-from __future__ import annotations
-
-import subprocess
-import sys
+import re
 from pathlib import Path
 
 import pytest
 
-import rtfb
+from rtfb import __version__
 from rtfb.cli import main
+from rtfb.session.record_reader import load_record
+from tests.session._protocols import free_port
 
-DEMO = ["demo", "--shape", "16", "16", "10", "--volumes", "80", "--window", "32"]
-
-
-def test_demo_prints_summary(capsys):
-    assert main(DEMO) == 0
-    out = capsys.readouterr().out
-    for word in ("ALFF/fALFF", "ReHo", "seed FC", "PSC", "all together", "median", "p95",
-                 "left insula", "homogeneous", "target", "planted", "0.04 Hz"):
-        assert word in out, word
-    assert "80/80" in out
+PROTOCOLS = Path(__file__).parents[1] / "protocols"
 
 
-def test_demo_recovers_planted_effects(capsys):
-    main(DEMO)
-    out = capsys.readouterr().out
-    rows = {}
-    for line in out.splitlines():
-        cells = [c.strip() for c in line.strip("│|").split("│")]
-        if len(cells) == 5 and cells[0] in ("ALFF", "fALFF", "ReHo (W)", "seed FC (z)"):
-            rows[cells[0]] = float(cells[2]), float(cells[3])
-    assert len(rows) == 4, out
-    for inside, outside in rows.values():
-        assert inside > outside + 0.1
+def _short_protocol(tmp_path, name="insula_alff_downregulation", volumes=90, window=30):
+    """A shipped protocol shortened to 3 blocks of volumes/3 (same keys and ROIs)."""
+    text = (PROTOCOLS / f"{name}.toml").read_text()
+    head, *blocks = text.split("[[blocks]]")
+    last_tail = "\n[" + blocks[-1].split("\n[", 1)[1]
+    blocks = [re.sub(r"volumes = \d+", f"volumes = {volumes // 3}", b.split("\n[", 1)[0])
+              for b in blocks[:3]]
+    text = head + "".join("[[blocks]]" + b for b in blocks) + last_tail
+    text = re.sub(r"(\[session\][^\[]*?)volumes = \d+", rf"\g<1>volumes = {volumes}", text,
+                  flags=re.S)
+    text = re.sub(r"window = \d+", f"window = {window}", text)
+    text = re.sub(r'zmq_address = "[^"]+"', f'zmq_address = "tcp://127.0.0.1:{free_port()}"',
+                  text)
+    path = tmp_path / f"{name}.toml"
+    path.write_text(text)
+    return path
 
 
 def test_version(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--version"])
     assert exc.value.code == 0
-    assert rtfb.__version__ in capsys.readouterr().out
+    assert __version__ in capsys.readouterr().out
 
 
-def test_no_command_prints_help(capsys):
+def test_help_lists_commands(capsys):
     assert main([]) == 1
-    assert "demo" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    for command in ("run", "replay", "report", "display"):
+        assert command in out
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["--window", "100", "--volumes", "80"], "--volumes"),
-    (["--window", "5"], "window"),  # too short for the 0.01-0.08 Hz band
-])
-def test_demo_bad_arguments(argv, message, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(["demo", "--shape", "16", "16", "10", *argv])
-    assert exc.value.code == 2
-    assert message in capsys.readouterr().err
+def test_simulated_session_replay_and_report(tmp_path, capsys):
+    protocol = _short_protocol(tmp_path)
+    out = tmp_path / "sessions"
+    assert main(["run", str(protocol), "--simulate", "--quiet", "--out", str(out),
+                 "--speed", "100", "--shape", "20", "20", "12"]) == 0
+    text = capsys.readouterr().out
+    assert "90 volumes processed, 0 missing, 0 late" in text
+    assert "headless display received" in text
+    session_dir = next(out.glob("sub-anon_ses-*_task-insula_alff_downregulation"))
+    record = load_record(session_dir)
+    assert [v["index"] for v in record.volumes] == list(range(90))
+    assert any(v["feedback"] is not None for v in record.volumes)
+    assert (session_dir / "protocol.toml").exists()
+    assert (session_dir / "rois" / "roi-left_insula.nii.gz").exists()
+
+    assert main(["replay", str(session_dir), "--out", str(tmp_path / "replay")]) == 0
+    assert "identical to the original (bit for bit)" in capsys.readouterr().out
+    assert main(["report", str(session_dir)]) == 0
+    assert (session_dir / "report.html").exists()
 
 
-def test_python_dash_m():
-    proc = subprocess.run([sys.executable, "-m", "rtfb", "--version"], capture_output=True,
-                          text=True, cwd=Path(__file__).resolve().parents[1], timeout=120)
-    assert proc.returncode == 0
-    assert rtfb.__version__ in proc.stdout
+def test_monitoring_protocol_writes_change_maps(tmp_path, capsys):
+    protocol = _short_protocol(tmp_path, "acupuncture_monitoring", volumes=90, window=20)
+    out = tmp_path / "sessions"
+    assert main(["run", str(protocol), "--simulate", "--quiet", "--out", str(out),
+                 "--speed", "100", "--shape", "20", "20", "12"]) == 0
+    session_dir = next(out.glob("sub-anon_ses-*"))
+    maps = sorted(p.name for p in (session_dir / "maps").iterdir())
+    assert any(m.startswith("alff-change_") for m in maps)
+    assert any(m.startswith("reho-change_") for m in maps)
+    record = load_record(session_dir)
+    assert all(v["feedback"] is None for v in record.volumes)  # operator view only
+
+
+def test_run_usage_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["run", str(PROTOCOLS / "insula_alff_downregulation.toml")])  # no source
+    assert "choose a source" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["run"])
+    assert "PROTOCOL" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "nothing")]) == 1
+    assert "not found" in capsys.readouterr().out

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import ingest, metrics, preprocess
+from . import ingest, metrics, preprocess, session
 
-BENCHMARKS = {"metrics": metrics, "ingest": ingest, "preprocess": preprocess}
+BENCHMARKS = {"metrics": metrics, "ingest": ingest, "preprocess": preprocess,
+              "session": session}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,113 @@
+"""Command line of the display process (``rtfb display``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+
+from rtfb.feedback.messages import DEFAULT_ADDRESS
+
+from .state import Snapshot
+
+__all__ = ["build_parser", "display_main", "format_snapshot"]
+
+
+def build_parser(prog: str = "rtfb display") -> argparse.ArgumentParser:
+    """Return the argument parser of the display command."""
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description=("Show the neurofeedback to the participant: subscribe to the session's "
+                     "messages and draw the thermometer, cues and status screens (PsychoPy), "
+                     "or print the states without a screen (--headless). Esc closes the "
+                     "window."),
+    )
+    p.add_argument("--address", default=DEFAULT_ADDRESS,
+                   help=f"publisher endpoint to connect to (default: {DEFAULT_ADDRESS})")
+    p.add_argument("--fullscr", action="store_true", help="full screen (participant screen)")
+    p.add_argument("--screen", type=int, default=0,
+                   help="screen number for the window (default: 0)")
+    p.add_argument("--size", type=int, nargs=2, default=(800, 600), metavar=("W", "H"),
+                   help="window size in pixels when not full screen (default: 800 600)")
+    p.add_argument("--headless", action="store_true",
+                   help="no window: print one line per state change (no PsychoPy needed)")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="seconds without messages before 'Signal lost' (default: 3 TR, "
+                        "or 5 s when the TR is unknown)")
+    p.add_argument("--duration", type=float, default=None,
+                   help="stop after this many seconds (default: run until Esc / Ctrl-C)")
+    p.add_argument("--exit-on-end", action="store_true",
+                   help="stop when the session ends")
+    return p
+
+
+def format_snapshot(snap: Snapshot) -> str:
+    """One line describing a state (``--headless`` output)."""
+    parts = [f"{snap.mode:<11}"]
+    if snap.volume_index is not None:
+        parts.append(f"vol={snap.volume_index}")
+    if snap.show_bar:
+        parts.append("level=-" if snap.level is None else f"level={snap.level:.3f}")
+        if snap.target is not None:
+            parts.append(f"target={snap.target:.2f}")
+    if snap.condition is not None:
+        parts.append(f"block={snap.block_index}:{snap.condition}")
+    if snap.cue:
+        parts.append(f"cue={snap.cue!r}")
+    if snap.flags:
+        parts.append("flags=" + ",".join(snap.flags))
+    return " ".join(parts)
+
+
+def _run_headless(args) -> int:
+    from .headless import HeadlessDisplay
+
+    def show(snap: Snapshot) -> None:
+        print(f"{time.strftime('%H:%M:%S')} {format_snapshot(snap)}", flush=True)
+
+    display = HeadlessDisplay(args.address, timeout=args.timeout, max_records=1000,
+                              on_snapshot=show)
+    start = time.monotonic()
+    with display:
+        try:
+            while args.duration is None or time.monotonic() - start < args.duration:
+                snap = display.latest
+                if args.exit_on_end and snap is not None and snap.mode == "end":
+                    break
+                time.sleep(0.05)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def display_main(argv: Sequence[str] | None = None) -> int:
+    """Run the display command line; returns the exit status.
+
+    Parameters
+    ----------
+    argv : sequence of str | None
+        Arguments without the program name (default: ``sys.argv[1:]``).
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.duration is not None and args.duration <= 0:
+        parser.error("--duration must be > 0")
+    if args.timeout is not None and args.timeout <= 0:
+        parser.error("--timeout must be > 0")
+    if args.headless:
+        return _run_headless(args)
+    from .psychopy_display import run_display
+
+    try:
+        run_display(args.address, fullscr=args.fullscr, screen=args.screen, size=args.size,
+                    timeout=args.timeout, duration=args.duration,
+                    exit_on_end=args.exit_on_end)
+    except (ImportError, RuntimeError) as err:
+        print(f"rtfb display: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(display_main())

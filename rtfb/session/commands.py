@@ -1,0 +1,236 @@
+"""``rtfb run``, ``rtfb replay`` and ``rtfb report``: argument handling and wiring."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from .record_reader import load_record
+from .runner import (
+    Session,
+    SessionStatus,
+    load_recorded_protocol,
+    replay_session,
+    session_dir_name,
+)
+
+logger = logging.getLogger("rtfb.session")
+
+
+def add_run_parser(sub) -> None:
+    """Register ``rtfb run``."""
+    p = sub.add_parser("run", help="run a neurofeedback/monitoring session from a protocol",
+                       description="Run a session: scanner export folder, TCP stream or the "
+                                   "built-in simulator -> preprocessing -> metrics -> "
+                                   "feedback over ZeroMQ, recorded in a session folder.")
+    p.add_argument("protocol", nargs="?", help="protocol TOML file (see protocols/)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--watch", metavar="DIR", help="scanner export folder to watch")
+    src.add_argument("--tcp", metavar="PORT", type=int, help="receive volumes on this TCP port")
+    src.add_argument("--simulate", action="store_true",
+                     help="stream a synthetic subject (no scanner) and show a headless display")
+    p.add_argument("--out", metavar="DIR", default="sessions",
+                   help="parent folder of the session folder (default: ./sessions)")
+    p.add_argument("--participant", default="anon", help="participant label (no PHI)")
+    p.add_argument("--resume", metavar="SESSION_DIR",
+                   help="continue a session that stopped (crash, kill) from its record")
+    p.add_argument("--speed", type=float, default=20.0,
+                   help="--simulate: volumes come every TR/speed seconds (default 20)")
+    p.add_argument("--shape", type=int, nargs=3, default=(40, 40, 24), metavar=("X", "Y", "Z"),
+                   help="--simulate: grid of the synthetic subject")
+    p.add_argument("--zmq", metavar="ADDRESS", help="override the protocol's ZeroMQ address")
+    p.add_argument("--idle-timeout", type=float, default=None,
+                   help="stop when no volume arrives for this many seconds")
+    p.add_argument("--quiet", action="store_true", help="no live terminal view")
+    p.set_defaults(func=run_command, command_parser=p)
+
+
+def add_replay_parser(sub) -> None:
+    """Register ``rtfb replay``."""
+    p = sub.add_parser("replay", help="re-run a recorded session and check it bit for bit")
+    p.add_argument("session_dir")
+    p.add_argument("--out", metavar="DIR", help="folder of the replayed record "
+                                                "(default: SESSION_DIR/replay-<time>)")
+    p.set_defaults(func=replay_command, command_parser=p)
+
+
+def add_report_parser(sub) -> None:
+    """Register ``rtfb report``."""
+    p = sub.add_parser("report", help="write an HTML report of a recorded session")
+    p.add_argument("session_dir")
+    p.add_argument("--out", metavar="FILE", help="output file (default SESSION_DIR/report.html)")
+    p.set_defaults(func=report_command, command_parser=p)
+
+
+def _status_table(status: SessionStatus, n_expected: int) -> Table:
+    table = Table(title="rtfb session", show_header=True)
+    for col in ("volume", "block", "feedback", "FD (mm)", "latency (ms)", "missing", "late",
+                "flags"):
+        table.add_column(col)
+
+    def fmt(value, spec):
+        return "-" if value is None else spec.format(value)
+
+    table.add_row(f"{status.index + 1}/{n_expected}", status.block,
+                  fmt(status.value, "{:.2f}"), fmt(status.fd, "{:.2f}"),
+                  fmt(status.latency_ms, "{:.1f}"), str(status.missing), str(status.late),
+                  ",".join(status.flags))
+    return table
+
+
+def _simulated_source(protocol, tmp: Path, speed: float, shape, stop: threading.Event):
+    from simulator import make_subject, stream, write_subject
+
+    from ..ingest import FolderWatcher
+
+    subject = make_subject(shape=tuple(shape), n_volumes=protocol.session.volumes,
+                           tr=protocol.session.tr, motion=True, seed=0)
+    write_subject(subject, tmp / "subject")
+    export = tmp / "export"
+    export.mkdir()
+    player = threading.Thread(
+        target=stream, args=(tmp / "subject", export),
+        kwargs=dict(speed=speed, manifest=tmp / "manifest.json", stop_event=stop,
+                    log=lambda _msg: None), daemon=True)
+    watcher = FolderWatcher(export, gap_timeout=max(0.5, 3 * protocol.session.tr / speed))
+    return watcher, player, tmp / "subject"
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """``rtfb run``."""
+    from ..config import load_protocol
+    from ..feedback.publisher import FeedbackPublisher
+    from ..ingest import FolderWatcher, TCPReceiver
+
+    console = Console()
+    resume_dir = Path(args.resume) if args.resume else None
+    first_index = 0
+    if resume_dir is not None:
+        record = load_record(resume_dir)
+        done = [v["index"] for v in record.volumes]
+        done += [e["index"] for e in record.inputs if not e.get("late")]
+        first_index = max(done) + 1 if done else 0
+        info = json.loads((resume_dir / "session.json").read_text())
+        protocol = load_recorded_protocol(resume_dir)
+        source_info = info.get("source", {})
+        if not (args.watch or args.tcp or args.simulate):
+            args.watch = source_info.get("directory")
+            args.tcp = source_info.get("port")
+    elif args.protocol is None:
+        args.command_parser.error("give a PROTOCOL file (or --resume SESSION_DIR)")
+    else:
+        protocol = load_protocol(args.protocol)
+    address = args.zmq or protocol.output.zmq_address
+    stop = threading.Event()
+    tmp = None
+    simulator_dir = None
+    display = None
+    player = None
+    if args.simulate:
+        tmp = Path(tempfile.mkdtemp(prefix="rtfb-simulate-"))
+        console.print(f"simulating a subject in {tmp} (TR {protocol.session.tr} s played at "
+                      f"{args.speed}x)")
+        source, player, simulator_dir = _simulated_source(protocol, tmp, args.speed, args.shape,
+                                                          stop)
+        source_info = {"kind": "simulate", "directory": str(tmp / "export")}
+    elif args.watch:
+        source = FolderWatcher(args.watch, first_index=first_index)
+        source_info = {"kind": "watch", "directory": str(Path(args.watch).resolve())}
+    elif args.tcp is not None:
+        source = TCPReceiver(port=args.tcp, first_index=first_index)
+        source_info = {"kind": "tcp", "port": args.tcp}
+    else:
+        args.command_parser.error("choose a source: --watch DIR, --tcp PORT or --simulate")
+    out_dir = resume_dir or Path(args.out) / session_dir_name(protocol.session.name,
+                                                               args.participant)
+    holder = {}
+    session = Session(protocol, out_dir, source_info=source_info,
+                      simulator_dir=simulator_dir, resume=resume_dir is not None)
+    publisher = FeedbackPublisher(address, session_id=session.session_id,
+                                  on_sent=session.record_message)
+    session.publisher = publisher
+
+    def work():
+        try:
+            holder["dir"] = session.run(source, stop_event=stop, idle_timeout=args.idle_timeout)
+        except BaseException as err:  # reported by the main thread
+            holder["error"] = err
+
+    Session.warm_up()
+    with publisher:
+        if args.simulate:
+            from ..display.headless import HeadlessDisplay
+
+            display = HeadlessDisplay(publisher.endpoint)
+            display.start()
+        source.start()
+        if player is not None:
+            player.start()
+        worker = threading.Thread(target=work, name="rtfb-processing")
+        worker.start()
+        try:
+            if args.quiet:
+                while worker.is_alive():
+                    worker.join(0.2)
+            else:
+                with Live(_status_table(session.status, protocol.session.volumes),
+                          console=console, refresh_per_second=8) as live:
+                    while worker.is_alive():
+                        worker.join(0.125)
+                        live.update(_status_table(session.status, protocol.session.volumes))
+        except KeyboardInterrupt:
+            console.print("stopping after the current volume (Ctrl-C) ...")
+            stop.set()
+            worker.join()
+        finally:
+            stop.set()
+            source.stop()
+            if display is not None:
+                display.stop()
+    session.close()
+    if "error" in holder:
+        console.print(f"[red]session failed:[/red] {holder['error']}")
+        return 1
+    s = session.status
+    console.print(f"session folder: {holder['dir']}")
+    console.print(f"{s.processed} volumes processed, {s.missing} missing, {s.late} late")
+    if display is not None:
+        console.print(f"headless display received {len(display.messages)} messages")
+    return 0
+
+
+def replay_command(args: argparse.Namespace) -> int:
+    """``rtfb replay``: re-run the record and compare feedback values bit for bit."""
+    session_dir = Path(args.session_dir)
+    out = Path(args.out) if args.out else session_dir / f"replay-{time.strftime('%Y%m%dT%H%M%S')}"
+    replay_session(session_dir, out)
+    original, replayed = load_record(session_dir), load_record(out)
+    keys = ("index", "feedback", "feedback_value", "metrics", "motion", "fd", "flags")
+    a = [{k: v.get(k) for k in keys} for v in original.volumes]
+    b = [{k: v.get(k) for k in keys} for v in replayed.volumes]
+    same = a == b
+    print(f"replayed {len(b)} volumes into {out}: "
+          f"{'identical to the original (bit for bit)' if same else 'DIFFERENT from the original'}")
+    return 0 if same else 1
+
+
+def report_command(args: argparse.Namespace) -> int:
+    """``rtfb report``."""
+    from .report import write_report
+
+    try:
+        path = write_report(args.session_dir, out=args.out)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"rtfb report: {err}")
+        return 1
+    print(f"report written to {path}")
+    return 0

@@ -1,0 +1,568 @@
+"""Runs a protocol: ingest -> preprocess -> metrics -> feedback, recording everything.
+
+One acquisition thread (inside the :class:`~rtfb.ingest.FolderWatcher` or
+:class:`~rtfb.ingest.TCPReceiver`) hands volumes through a bounded queue; the loop in
+:meth:`Session.run` is the single processing thread and owns all state. Every received
+volume is written to the record *before* it is processed, every processed volume after,
+so a crash loses nothing and :func:`replay_session` can reproduce the session bit for bit.
+Missing volumes keep the time axis regular: the metrics get the previous cleaned volume
+again (flag ``"missing"``), and the gap is reported.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numba
+import numpy as np
+
+from ..feedback.mapping import FeedbackMapper
+from ..feedback.messages import FLAGS, SCHEMA_VERSION
+from ..ingest import Late, Missing, Volume
+from ..preprocess.pipeline import Preprocessor
+from .blocks import BlockSchedule
+from .metric_engine import MetricEngine
+from .record import SessionRecorder
+from .record_reader import load_record
+from .rois import resolve_rois
+
+logger = logging.getLogger("rtfb.session")
+
+
+@dataclass
+class SessionStatus:
+    """Live view of the session for the terminal display (read by another thread)."""
+
+    index: int = -1
+    block: str = ""
+    value: float | None = None
+    fd: float | None = None
+    latency_ms: float | None = None
+    processed: int = 0
+    missing: int = 0
+    late: int = 0
+    flags: tuple = ()
+    done: bool = False
+    messages: list = field(default_factory=list)
+
+
+class _NoPublisher:
+    def publish(self, topic, message):
+        pass
+
+
+def session_dir_name(protocol_name: str, participant: str = "anon") -> str:
+    """BIDS-derivatives-like session folder name."""
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    return f"sub-{participant}_ses-{stamp}_task-{protocol_name}"
+
+
+class Session:
+    """One neurofeedback / monitoring session driven by a protocol.
+
+    Parameters
+    ----------
+    protocol : rtfb.config.Protocol
+        Validated protocol.
+    out_dir : path
+        Session folder (created; for ``resume=True`` an existing record).
+    publisher : object with ``publish(topic, message)`` | None
+        ZeroMQ publisher; ``None`` publishes nothing (replay).
+    source_info : dict
+        Description of the acquisition source, stored in ``session.json``.
+    simulator_dir : path | None
+        Synthetic subject folder, for ``simulator_roi`` ROIs.
+    rois_from : path | None
+        Session folder whose recorded brain mask and ROIs (``rois/``) are used instead of
+        resolving the protocol's ROIs again (replay; resume uses its own folder).
+    kernel_threads : int
+        Threads of the numba kernels in the processing thread. The default 1 leaves the
+        second core of a 2-core machine to the acquisition and publishing threads, which
+        gives lower latency than parallel kernels competing with them.
+    resume : bool
+        Continue an existing record: its volumes are re-processed silently to rebuild the
+        state, then acquisition continues after the last recorded volume.
+    on_status : callable | None
+        Called with a :class:`SessionStatus` after every volume.
+    """
+
+    def __init__(self, protocol, out_dir, *, publisher=None, source_info=None,
+                 simulator_dir=None, resume: bool = False, rois_from=None,
+                 kernel_threads: int = 1,
+                 on_status: Callable[[SessionStatus], None] | None = None):
+        self.protocol = protocol
+        self.out_dir = Path(out_dir)
+        self.publisher = publisher if publisher is not None else _NoPublisher()
+        self.source_info = source_info or {}
+        self.simulator_dir = simulator_dir
+        self.resume = resume
+        self.rois_from = Path(rois_from) if rois_from else (self.out_dir if resume else None)
+        self.kernel_threads = kernel_threads
+        self.on_status = on_status
+        self.status = SessionStatus()
+        self.schedule = BlockSchedule(protocol.blocks)
+        self._silent = False
+        self._state_ready = False
+        self._last_vec = None
+        self._baseline_values: list[float] = []
+        self._baseline_maps: dict[str, np.ndarray] = {}
+        self._processed: set[int] = set()
+        self._received: set[int] = set()
+        self._open_record()
+
+    # ------------------------------------------------------------------ set-up
+    @staticmethod
+    def warm_up() -> None:
+        """Load every kernel once on tiny data, before the scanner starts.
+
+        Imports (nilearn) and compiled numba kernels cost about a second on first use;
+        doing it here keeps that out of the first volumes' latency.
+        """
+        from ..metrics import SlidingALFF, SlidingPSC, SlidingReHo, SlidingSeedFC
+        from ..preprocess.masks import compute_brain_mask
+
+        rng = np.random.default_rng(0)
+        grid = np.zeros((12, 12, 10))
+        grid[2:10, 2:10, 2:8] = 1000.0
+        vols = [grid + rng.normal(0, 5, grid.shape) for _ in range(4)]
+        affine = np.diag([3.0, 3.0, 3.0, 1.0])
+        mask = compute_brain_mask(vols[0], affine)
+        pre = Preprocessor(glm="cumulative", n_expected=4, smoothing_fwhm=4.0).fit(
+            Volume(vols[0], affine, 0))
+        states = [SlidingALFF(3, 10.0, (0.01, 0.05)), SlidingReHo(3, mask), SlidingPSC(3),
+                  SlidingSeedFC(3, np.arange(2))]
+        for i, vol in enumerate(vols):
+            data = pre.transform(Volume(vol, affine, i)).data
+            for state in states:
+                state.partial_fit(data if not isinstance(state, SlidingReHo)
+                                  else vol[mask])
+
+    def _open_record(self) -> None:
+        if self.resume:
+            self.record_in = load_record(self.out_dir)
+            self.session_id = self.record_in.session_id
+        else:
+            if self.out_dir.exists() and any(self.out_dir.iterdir()):
+                raise FileExistsError(f"Session folder {self.out_dir} is not empty; use "
+                                      "--resume to continue it or choose another --out.")
+            self.session_id = uuid.uuid4().hex[:12]
+        self.recorder = SessionRecorder(self.out_dir)
+
+    def _setup(self, reference: Volume) -> None:
+        p = self.protocol
+        pp = p.preprocess
+        recorded = self._recorded_rois()
+        self.preprocessor = Preprocessor(
+            realign=pp.realign, interpolation=pp.interpolation,
+            smoothing_fwhm=pp.smoothing_fwhm, drift=pp.drift, drift_order=pp.drift_order,
+            motion_regressors=pp.motion_regressors, glm=pp.glm, window=pp.glm_window,
+            n_expected=p.session.volumes, tr=p.session.tr, fd_threshold=pp.fd_threshold,
+            mask=recorded.pop("brain_mask") if recorded else self._load_mask(reference),
+        ).fit(reference)
+        if recorded:
+            self.rois = recorded
+        else:
+            ref_img = nib.Nifti1Image(np.asarray(reference.data), reference.affine)
+            self.rois = resolve_rois(p.rois, ref_img, self.simulator_dir)
+            self._save_rois(reference.affine)
+        m = p.metric
+        self.engine = MetricEngine(
+            m.kind, self.preprocessor.mask_, self.rois, roi=m.roi, seed=m.seed,
+            target=m.target, window=m.window, tr=p.session.tr, band=tuple(m.band),
+            neighborhood=m.neighborhood, maps=tuple(m.maps))
+        fb = p.feedback
+        if fb is None:  # monitoring: values are recorded, nothing is fed back
+            self.mapper = FeedbackMapper()
+            self.mapper.set_baseline(0.0)
+        else:
+            self.mapper = FeedbackMapper(direction=fb.direction, scale=fb.scale,
+                                         clip=tuple(fb.clip), smoothing=fb.smoothing,
+                                         target=fb.target)
+            if fb.baseline == "none":
+                self.mapper.set_baseline(0.0)
+        self.reference_affine = reference.affine
+        self._state_ready = True
+        if not self.resume:
+            self.recorder.write_session(self._session_info(reference), p.path)
+
+    def _recorded_rois(self) -> dict | None:
+        if self.rois_from is None:
+            return None
+        folder = self.rois_from / "rois"
+        if not (folder / "brain_mask.nii.gz").exists():
+            raise FileNotFoundError(f"{folder / 'brain_mask.nii.gz'} not found: the record has "
+                                    "no resolved ROIs to reuse.")
+        out = {"brain_mask": np.asarray(nib.load(folder / "brain_mask.nii.gz").dataobj) > 0}
+        for name in self.protocol.rois:
+            out[name] = np.asarray(nib.load(folder / f"roi-{name}.nii.gz").dataobj) > 0
+        return out
+
+    def _save_rois(self, affine) -> None:
+        """Record the brain mask and ROIs as used, for audit, resume and replay."""
+        folder = self.out_dir / "rois"
+        folder.mkdir(exist_ok=True)
+        items = {"brain_mask": self.preprocessor.mask_, **{f"roi-{k}": v
+                                                           for k, v in self.rois.items()}}
+        for name, mask in items.items():
+            nib.save(nib.Nifti1Image(mask.astype(np.uint8), affine),
+                     folder / f"{name}.nii.gz")
+
+    def _load_mask(self, reference: Volume):
+        mask = self.protocol.preprocess.brain_mask
+        if mask in (None, "auto"):
+            return None
+        from ..preprocess.masks import load_mask
+
+        return load_mask(mask, reference.affine, reference.shape, name="brain_mask")
+
+    def _session_info(self, reference: Volume) -> dict:
+        p = self.protocol
+        return {
+            "session_id": self.session_id, "protocol_name": p.session.name,
+            "protocol_sha256": p.sha256, "source": self.source_info,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "shape": list(reference.shape),
+            "affine": reference.affine, "tr": p.session.tr, "n_expected": p.session.volumes,
+            "zmq_address": p.output.zmq_address, "schema_version": SCHEMA_VERSION,
+            "protocol_dir": str(Path(p.path).parent) if p.path else None,
+        }
+
+    # ---------------------------------------------------------------- messages
+    def record_message(self, topic: str, message: dict) -> None:
+        """``on_sent`` hook of the publisher: records every message as actually sent."""
+        self.recorder.write_message(topic, message)
+
+    def _publish(self, topic: str, message: dict) -> None:
+        if self._silent:
+            return
+        message["time_published"] = time.time()
+        self.publisher.publish(topic, message)
+
+    def _base_message(self, kind: str, index, acquisition_time, received) -> dict:
+        return {"schema_version": SCHEMA_VERSION, "type": kind, "session_id": self.session_id,
+                "volume_index": index, "acquisition_time": acquisition_time,
+                "time_received": received, "time_published": None}
+
+    def _status(self, event: str, text: str, index=None, block=None) -> None:
+        msg = self._base_message("status", index, None, time.time())
+        msg.update(event=event, message=text, tr=self.protocol.session.tr,
+                   block=None if block is None else block.as_dict())
+        self._publish("status", msg)
+
+    # -------------------------------------------------------------- processing
+    def _baseline_condition(self) -> str | None:
+        if self.protocol.feedback is None:
+            return self._monitoring_baseline()
+        baseline = self.protocol.feedback.baseline
+        return baseline.split(":", 1)[1] if baseline.startswith("block:") else None
+
+    def _monitoring_baseline(self) -> str | None:
+        """Monitoring protocols: change maps are relative to a block named 'baseline'."""
+        names = [b.condition for b in self.protocol.blocks]
+        return "baseline" if "baseline" in names else None
+
+    def _update_baseline(self, index: int, block, values: dict) -> None:
+        cond = self._baseline_condition()
+        if cond is None:
+            return
+        if block.condition == cond and self.schedule.is_last_of_block(index):
+            for name in self.engine.maps:
+                self._baseline_maps.setdefault(name, self.engine.current_map(name))
+        if self.mapper_has_baseline():
+            return
+        primary = values.get(self.protocol.metric.kind, math.nan)
+        if block.condition == cond and math.isfinite(primary):
+            self._baseline_values.append(primary)
+        if block.condition == cond and self.schedule.is_last_of_block(index):
+            if self._baseline_values:
+                self.mapper.set_baseline(float(np.mean(self._baseline_values)))
+
+    def mapper_has_baseline(self) -> bool:
+        """True once the feedback baseline is known."""
+        return getattr(self.mapper, "baseline_", None) is not None
+
+    def _write_maps(self, index: int, block) -> None:
+        if self._silent or not self.engine.maps:
+            return
+        every = self.protocol.output.write_maps_every
+        if not (self.schedule.is_last_of_block(index) or (every and (index + 1) % every == 0)):
+            return
+        for name in self.engine.maps:
+            current = self.engine.current_map(name)
+            base = self._baseline_maps.get(name)
+            change = current - base if base is not None else current
+            img = nib.Nifti1Image(np.nan_to_num(change).astype(np.float32),
+                                  self.reference_affine)
+            kind = "change" if base is not None else "map"
+            nib.save(img, self.out_dir / "maps" /
+                     f"{name}-{kind}_{block.condition}_vol-{index:05d}.nii.gz")
+
+    def _process(self, volume: Volume | None, index: int, received: float,
+                 acquisition_time=None, missing_reason: str | None = None) -> None:
+        """Process one volume index (``volume=None``: missing, impute the last vector)."""
+        block = self.schedule.block_at(index)
+        if block.index != getattr(self, "_block_index", None):
+            if getattr(self, "_block_index", None) is not None:
+                self._event("block", f"block {block.index} ({block.condition}) starts", index)
+                self._status("block", f"{block.condition}: {block.cue}", index, block)
+            self._block_index = block.index
+        flags = []
+        motion, fd, censored = None, None, False
+        vec = None
+        if volume is not None:
+            try:
+                result = self.preprocessor.transform(volume)
+                vec, motion, fd, censored = result.data, result.motion, result.fd, \
+                    result.censored
+                flags.extend(result.flags)
+            except ValueError as err:
+                self._event("error", f"volume {index} rejected: {err}", index)
+                flags.append("rejected")
+        if vec is None:
+            flags.append("missing")
+            vec = self._last_vec
+        values = {}
+        if vec is not None:
+            values = self.engine.partial_fit(vec)
+            if self._last_vec is None:
+                self._last_vec = np.empty_like(vec)
+            if vec is not self._last_vec:
+                self._last_vec[:] = vec
+            self._update_baseline(index, block, values)
+        primary = values.get(self.protocol.metric.kind, math.nan)
+        value = None
+        if math.isfinite(primary) and self.mapper_has_baseline():
+            value = self.mapper.transform(primary)
+        elif not math.isfinite(primary):
+            flags.append("warmup")
+        else:
+            flags.append("baseline")
+        show = bool(block.feedback and self.protocol.session.participant_feedback)
+        if not show:
+            flags.append("no_feedback")
+        shown = value if show else None
+        state = "feedback" if show else "rest"
+        if "motion" in flags:
+            state = "motion"
+        processed = time.time()
+        msg = self._base_message("feedback", index, acquisition_time, received)
+        msg.update(value=shown, raw=values, block=block.as_dict(), fd=fd,
+                   flags=[f for f in flags if f in FLAGS],
+                   target=None if self.protocol.feedback is None
+                   else self.protocol.feedback.target,
+                   display={"show_bar": show, "state": state})
+        self._publish("feedback", msg)
+        published = msg["time_published"] if msg["time_published"] is not None else processed
+        entry = {"index": index, "block": block.as_dict(), "motion": motion, "fd": fd,
+                 "censored": censored, "metrics": values, "feedback": shown,
+                 "feedback_value": value, "flags": flags,
+                 "times": {"received": received, "processed": processed,
+                           "published": published},
+                 "latency_ms": (published - received) * 1e3}
+        if missing_reason:
+            entry["missing_reason"] = missing_reason
+        if not self._silent:
+            self.recorder.write_volume(entry)
+            self.recorder.sync()
+        self._write_maps(index, block)
+        self._processed.add(index)
+        s = self.status
+        s.index, s.block, s.value, s.fd = index, block.condition, value, fd
+        s.latency_ms, s.flags = entry["latency_ms"], tuple(flags)
+        s.processed += 1
+        if self.on_status is not None and not self._silent:
+            self.on_status(s)
+
+    def close(self) -> None:
+        """Close the record's message log once the publisher has stopped."""
+        self.recorder.close_messages()
+
+    def _event(self, kind: str, message: str, index=None) -> None:
+        log = logger.warning if kind in ("warning", "error", "missing", "late") else logger.info
+        log(message)
+        if not self._silent:
+            self.recorder.write_event(kind, message, index)
+
+    def handle(self, item) -> None:
+        """Handle one item from an acquisition source (Volume, Missing or Late)."""
+        now = time.time()
+        if isinstance(item, Missing):
+            self.status.missing += 1
+            self._event("missing", f"volume {item.index} missing: {item.reason}", item.index)
+            if self._state_ready:
+                self._process(None, item.index, now, missing_reason=item.reason)
+            return
+        if isinstance(item, Late):
+            vol = item.volume
+            self.status.late += 1
+            self.recorder.write_input(vol, now, late=True)
+            self._event("late", f"volume {vol.index} arrived after it was reported missing; "
+                        "recorded, not processed", vol.index)
+            return
+        if not isinstance(item, Volume):
+            raise TypeError(f"unexpected item from the acquisition source: {item!r}")
+        if item.index in self._received:
+            self._event("warning", f"volume {item.index} received twice; ignored", item.index)
+            return
+        self._received.add(item.index)
+        self.recorder.write_input(item, now)
+        if not self._state_ready:
+            self._setup(item)
+            self._event("start", f"session {self.session_id} started at volume {item.index}")
+            self._status("start", f"session {self.session_id} started", item.index,
+                         self.schedule.block_at(item.index))
+        self._process(item, item.index, now, acquisition_time=item.acquisition_time)
+
+    # --------------------------------------------------------------- run loop
+    def _rebuild_from_record(self) -> int:
+        """Re-process the recorded volumes silently (resume); returns the next index."""
+        rec = self.record_in
+        by_index = {e["index"]: i for i, e in enumerate(rec.inputs) if not e.get("late")}
+        done = {v["index"] for v in rec.volumes}
+        self._silent = True
+        try:
+            for entry in rec.volumes:
+                idx = entry["index"]
+                if idx in by_index:
+                    self._received.add(idx)
+                if "missing" in entry["flags"] and idx not in by_index:
+                    if self._state_ready:
+                        self._process(None, idx, 0.0)
+                    continue
+                vol = self._recorded_volume(by_index[idx])
+                if not self._state_ready:
+                    self._setup(vol)
+                self._process(vol, idx, 0.0)
+        finally:
+            self._silent = False
+        # inputs received but not processed before the crash: process them now
+        for idx, pos in sorted(by_index.items()):
+            if idx not in done:
+                self._received.add(idx)
+                vol = self._recorded_volume(pos)
+                if not self._state_ready:
+                    self._setup(vol)
+                self._process(vol, idx, time.time())
+        last = max([v["index"] for v in rec.volumes] + list(by_index) + [-1])
+        return last + 1
+
+    def _recorded_volume(self, pos: int) -> Volume:
+        e = self.record_in.inputs[pos]
+        return Volume(self.record_in.input_volume(pos), np.asarray(e["affine"]), e["index"],
+                      acquisition_time=e.get("acquisition_time"), tr=e.get("tr"),
+                      source=e.get("source", ""))
+
+    def run(self, source, stop_event: threading.Event | None = None,
+            idle_timeout: float | None = None) -> Path:
+        """Process items from ``source`` until the protocol's volumes are done.
+
+        Parameters
+        ----------
+        source : object with ``get(timeout)``
+            Started acquisition source (watcher, TCP receiver) or a record source.
+        stop_event : threading.Event | None
+            Set it to stop cleanly after the current volume (Ctrl-C).
+        idle_timeout : float | None
+            Stop when no item arrived for this many seconds after the first volume.
+
+        Returns
+        -------
+        Path
+            The session folder.
+        """
+        numba.set_num_threads(max(1, min(int(self.kernel_threads),
+                                         numba.config.NUMBA_NUM_THREADS)))
+        if self.resume:
+            next_index = self._rebuild_from_record()
+            self._event("resume", f"session resumed at volume {next_index}", next_index)
+        stop_event = stop_event or threading.Event()
+        last_item = time.monotonic()
+        n_expected = self.protocol.session.volumes
+        try:
+            while not stop_event.is_set():
+                if self._processed and max(self._processed) >= n_expected - 1:
+                    break
+                try:
+                    item = source.get(timeout=0.1)
+                except queue.Empty:
+                    if (idle_timeout is not None and self._state_ready
+                            and time.monotonic() - last_item > idle_timeout):
+                        self._event("warning", f"no volume for {idle_timeout} s: stopping")
+                        break
+                    if getattr(source, "running", True) is False:
+                        break
+                    continue
+                last_item = time.monotonic()
+                self.handle(item)
+        except Exception as err:  # record the crash reason, then re-raise
+            self._event("error", f"session stopped by an error: {err!r}")
+            raise
+        finally:
+            reason = "stopped by the operator" if stop_event.is_set() else "finished"
+            self._event("end", f"session {reason}: {len(self._processed)} volumes processed")
+            self._status("end", f"session {reason}")
+            self.status.done = True
+            self.recorder.close(messages=isinstance(self.publisher, _NoPublisher))
+        return self.out_dir
+
+
+def load_recorded_protocol(session_dir):
+    """The protocol copy of a session, with relative paths resolved as in the original."""
+    import json
+
+    from ..config import load_protocol
+
+    session_dir = Path(session_dir)
+    info = json.loads((session_dir / "session.json").read_text(encoding="utf-8"))
+    base = info.get("protocol_dir")
+    return load_protocol(session_dir / "protocol.toml",
+                         base_dir=base if base and Path(base).is_dir() else None)
+
+
+class RecordSource:
+    """Yields a recorded session's processing sequence (for replay), like a live source."""
+
+    def __init__(self, session_dir):
+        self.record = load_record(session_dir)
+        self._items = []
+        inputs = {e["index"]: i for i, e in enumerate(self.record.inputs) if not e.get("late")}
+        for entry in self.record.volumes:
+            idx = entry["index"]
+            if idx in inputs:
+                e = self.record.inputs[inputs[idx]]
+                self._items.append(Volume(self.record.input_volume(inputs[idx]),
+                                          np.asarray(e["affine"]), idx,
+                                          acquisition_time=e.get("acquisition_time"),
+                                          tr=e.get("tr"), source=e.get("source", "")))
+            else:
+                self._items.append(Missing(idx, entry.get("missing_reason", "recorded missing")))
+        self.running = True
+
+    def get(self, timeout=None):
+        """Next recorded item; ``queue.Empty`` at the end."""
+        if not self._items:
+            self.running = False
+            raise queue.Empty
+        return self._items.pop(0)
+
+
+def replay_session(session_dir, out_dir, protocol=None) -> Path:
+    """Re-run a recorded session from its recorded inputs into ``out_dir``.
+
+    Every feedback value and metric equals the original bit for bit (processing depends
+    only on the recorded inputs and their order). Nothing is published.
+    """
+    session_dir = Path(session_dir)
+    protocol = protocol or load_recorded_protocol(session_dir)
+    source = RecordSource(session_dir)
+    session = Session(protocol, out_dir, rois_from=session_dir,
+                      source_info={"kind": "replay", "of": str(session_dir)})
+    return session.run(source)
