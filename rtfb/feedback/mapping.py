@@ -18,7 +18,9 @@ class FeedbackMapper:
 
     For a metric value ``m`` and a baseline ``b``:
 
-    1. relative change ``c = (m - b) / |b|`` (absolute change ``m - b`` when ``b == 0``);
+    1. ``change="relative"``: ``c = (m - b) / |b|`` (absolute change ``m - b`` when
+       ``b == 0``); ``change="difference"``: ``c = m - b`` (for metrics near 0 such as a
+       Fisher z);
     2. ``c = -c`` when ``direction == "down"`` (the participant is trained to lower the
        metric, so a decrease fills the bar);
     3. ``c = c / scale``;
@@ -33,7 +35,8 @@ class FeedbackMapper:
     direction : {"up", "down"}
         Direction of regulation rewarded by a fuller bar.
     scale : float
-        Relative change (fraction of the baseline) mapped to a full (or empty) bar.
+        Change (a fraction of the baseline for ``"relative"``, metric units for
+        ``"difference"``) mapped to a full (or empty) bar.
     clip : tuple of float
         ``(low, high)`` bounds of the display value, within [0, 1].
     smoothing : float
@@ -41,6 +44,8 @@ class FeedbackMapper:
     target : float
         Level of the target line in [0, 1] (carried for the messages; not used in the
         mapping).
+    change : {"relative", "difference"}
+        How the metric is compared with the baseline.
 
     Attributes
     ----------
@@ -58,8 +63,9 @@ class FeedbackMapper:
 
     def __init__(self, direction: str = "up", scale: float = 1.0,
                  clip: tuple[float, float] = (0.0, 1.0), smoothing: float = 1.0,
-                 target: float = 0.75):
+                 target: float = 0.75, change: str = "relative"):
         self.direction = _check_option("direction", direction, ("up", "down"))
+        self.change = _check_option("change", change, ("relative", "difference"))
         self.scale = check_positive_number(scale, "scale")
         try:
             low, high = (float(c) for c in clip)
@@ -120,7 +126,10 @@ class FeedbackMapper:
         if not math.isfinite(m):
             return None
         b = self.baseline_
-        change = (m - b) / abs(b) if b != 0 else m - b
+        if self.change == "relative" and b != 0:
+            change = (m - b) / abs(b)
+        else:
+            change = m - b
         if self.direction == "down":
             change = -change
         v = 0.5 + 0.5 * (change / self.scale)
@@ -145,7 +154,8 @@ class FeedbackMapper:
 
     def __repr__(self) -> str:
         return (f"FeedbackMapper(direction={self.direction!r}, scale={self.scale}, "
-                f"clip={self.clip}, smoothing={self.smoothing}, target={self.target})")
+                f"clip={self.clip}, smoothing={self.smoothing}, target={self.target}, "
+                f"change={self.change!r})")
 
 
 def _is_real(x: Any) -> bool:

@@ -186,7 +186,7 @@ class Session:
         else:
             self.mapper = FeedbackMapper(direction=fb.direction, scale=fb.scale,
                                          clip=tuple(fb.clip), smoothing=fb.smoothing,
-                                         target=fb.target)
+                                         target=fb.target, change=fb.change)
             if fb.baseline == "none":
                 self.mapper.set_baseline(0.0)
         self.reference_affine = reference.affine

@@ -91,3 +91,15 @@ def test_transform_rejects_non_numbers():
     with pytest.raises(TypeError):
         m.transform("1.0")
     assert "direction='up'" in repr(m)
+
+
+def test_difference_change_for_metrics_near_zero():
+    from rtfb.feedback.mapping import FeedbackMapper
+
+    mapper = FeedbackMapper(direction="down", scale=0.3, change="difference").set_baseline(0.02)
+    # z drops by 0.15 below a baseline of 0.02: half of `scale` -> 0.5 + 0.25
+    assert mapper.transform(-0.13) == pytest.approx(0.75)
+    relative = FeedbackMapper(direction="down", scale=0.3).set_baseline(0.02)
+    assert relative.transform(-0.13) == 1.0  # -750 %: clipped, why "difference" exists
+    with pytest.raises(ValueError, match="'change' parameter: 'ratio'"):
+        FeedbackMapper(change="ratio")
