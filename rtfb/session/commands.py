@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import tempfile
 import threading
 import time
@@ -166,6 +167,9 @@ def run_command(args: argparse.Namespace) -> int:
             holder["error"] = err
 
     Session.warm_up()
+    # threads inherit this mask: Ctrl-C is handled by the main thread alone and never
+    # interrupts the acquisition, processing or publishing threads mid-call
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     with publisher:
         if args.simulate:
             from ..display.headless import HeadlessDisplay
@@ -177,6 +181,7 @@ def run_command(args: argparse.Namespace) -> int:
             player.start()
         worker = threading.Thread(target=work, name="rtfb-processing")
         worker.start()
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         try:
             if args.quiet:
                 while worker.is_alive():

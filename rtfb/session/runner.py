@@ -244,7 +244,12 @@ class Session:
         if self._silent:
             return
         message["time_published"] = time.time()
-        self.publisher.publish(topic, message)
+        try:
+            self.publisher.publish(topic, message)
+        except RuntimeError as err:  # publisher down: the session and its record go on
+            if not getattr(self, "_publisher_down", False):
+                self._publisher_down = True
+                self._event("error", f"feedback publisher unavailable: {err}")
 
     def _base_message(self, kind: str, index, acquisition_time, received) -> dict:
         return {"schema_version": SCHEMA_VERSION, "type": kind, "session_id": self.session_id,

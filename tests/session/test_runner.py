@@ -159,3 +159,33 @@ def test_kill9_then_resume_loses_nothing(tmp_path):
     replay_session(session_dir, tmp_path / "replay")
     a, b = _compare(record, load_record(tmp_path / "replay"))
     assert a == b
+
+
+def test_ctrl_c_stops_cleanly(tmp_path):
+    subj = subject(tmp_path, volumes=60, seed=5)
+    protocol_path = alff_protocol(tmp_path, subj, volumes=60, window=20)
+    export, out = tmp_path / "export", tmp_path / "sessions"
+    export.mkdir()
+    player = threading.Thread(target=stream, args=(subj, export),
+                              kwargs=dict(speed=25.0, manifest=tmp_path / "m.json"))
+    proc = subprocess.Popen([sys.executable, "-m", "rtfb", "run", str(protocol_path),
+                             "--watch", str(export), "--out", str(out), "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    player.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        dirs = list(out.glob("sub-*")) if out.exists() else []
+        if dirs and _count_lines(dirs[0] / "volumes.jsonl") >= 10:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=60)
+    player.join()
+    assert proc.returncode == 0, output
+    assert "stopping after the current volume" in output
+    record = load_record(dirs[0])
+    end = [e for e in record.events if e["kind"] == "end"]
+    assert end and "stopped by the operator" in end[-1]["message"]
+    n = len(record.volumes)
+    assert 10 <= n < 60
+    assert [v["index"] for v in record.volumes] == list(range(n))  # nothing half-written
