@@ -160,11 +160,15 @@ def run_command(args: argparse.Namespace) -> int:
                                   on_sent=session.record_message)
     session.publisher = publisher
 
+    finished = threading.Event()  # not Thread.join(): an interrupted join() can return early
+
     def work():
         try:
             holder["dir"] = session.run(source, stop_event=stop, idle_timeout=args.idle_timeout)
         except BaseException as err:  # reported by the main thread
             holder["error"] = err
+        finally:
+            finished.set()
 
     Session.warm_up()
     # threads inherit this mask: Ctrl-C is handled by the main thread alone and never
@@ -184,18 +188,17 @@ def run_command(args: argparse.Namespace) -> int:
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         try:
             if args.quiet:
-                while worker.is_alive():
-                    worker.join(0.2)
+                while not finished.wait(0.2):
+                    pass
             else:
                 with Live(_status_table(session.status, protocol.session.volumes),
                           console=console, refresh_per_second=8) as live:
-                    while worker.is_alive():
-                        worker.join(0.125)
+                    while not finished.wait(0.125):
                         live.update(_status_table(session.status, protocol.session.volumes))
         except KeyboardInterrupt:
             console.print("stopping after the current volume (Ctrl-C) ...")
             stop.set()
-            worker.join()
+            finished.wait()
         finally:
             stop.set()
             source.stop()
