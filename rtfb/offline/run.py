@@ -1,0 +1,253 @@
+"""``rtfb analyze``: per-subject maps of a BIDS cohort, one Dask task per run.
+
+By default a local Dask cluster of worker *processes* (one thread each) is started and closed;
+``scheduler="tcp://host:port"`` uses an existing scheduler; ``scheduler="synchronous"`` runs the
+same tasks in this process (tests, debugging). Each task is
+:func:`rtfb.offline.subject.process_subject`, a pure function of its inputs, so the maps are
+identical whichever scheduler runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from .. import __version__
+from .bids import load_dataset
+from .subject import PIPELINE_NAME, AnalysisConfig, default_seeds, process_subject
+
+logger = logging.getLogger("rtfb.offline")
+
+__all__ = ["AnalysisError", "add_analyze_parser", "analyze", "analyze_command"]
+
+
+_SINGLE_THREAD_ENV = {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
+                      "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+class AnalysisError(RuntimeError):
+    """Some runs failed.
+
+    ``failures`` maps each failed run to its error message, ``results`` holds the written
+    paths of the others.
+    """
+
+    def __init__(self, message: str, failures: dict, results: dict):
+        super().__init__(message)
+        self.failures = failures
+        self.results = results
+
+
+def _single_threaded_task(*args, **kwargs):
+    """:func:`process_subject` on one core (numba kernels and BLAS), for a Dask worker.
+
+    Dask runs one task per worker thread, so each task gets one core; the numba kernels'
+    chunking is fixed, hence the maps do not depend on the thread count. (The environment
+    variables given to the local cluster come too late for numba when the main module
+    imports rtfb, hence the explicit ``set_num_threads``.)
+    """
+    import numba
+
+    previous = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:  # pragma: no cover - optional
+            return process_subject(*args, **kwargs)
+        with threadpool_limits(1):
+            return process_subject(*args, **kwargs)
+    finally:
+        numba.set_num_threads(previous)
+
+
+def _connect(address: str, timeout: float):
+    from distributed import Client
+
+    try:
+        return Client(address, timeout=timeout)
+    except Exception as err:  # noqa: BLE001 - OSError, TimeoutError, ValueError (bad scheme)
+        raise ConnectionError(f"cannot connect to the Dask scheduler at {address!r} "
+                              f"({type(err).__name__}: {err}).") from None
+
+
+def _progress(enabled: bool, total: int):
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), disable=not enabled, transient=False)
+    return progress, progress.add_task("subjects", total=total)
+
+
+def _write_description(pipeline_dir: Path, bids_dir: Path) -> None:
+    pipeline_dir.mkdir(parents=True, exist_ok=True)
+    path = pipeline_dir / "dataset_description.json"
+    path.write_text(json.dumps({
+        "Name": "rtfb offline resting-state maps",
+        "BIDSVersion": "1.8.0",
+        "DatasetType": "derivative",
+        "GeneratedBy": [{"Name": "rtfb", "Version": __version__,
+                         "Description": "rtfb analyze: real-time preprocessing offline + "
+                                        "batch metric kernels"}],
+        "SourceDatasets": [{"URL": str(bids_dir.resolve())}],
+    }, indent=2) + "\n")
+
+
+def analyze(bids_dir, out_dir, *, participants=None, config: AnalysisConfig | None = None,
+            scheduler: str | None = None, n_workers: int | None = None,
+            overwrite: bool = False, progress: bool = True,
+            connect_timeout: float = 10.0) -> dict:
+    """Compute the maps of every run of a BIDS dataset, one Dask task per run.
+
+    Parameters
+    ----------
+    bids_dir : str | path-like
+        BIDS root (``sub-*/func/*_bold.nii.gz`` + sidecars, ``participants.tsv``).
+    out_dir : str | path-like
+        Derivatives root; maps go to ``out_dir/rtfb/``.
+    participants : str | path-like | None
+        Participants table (default ``bids_dir/participants.tsv``).
+    config : AnalysisConfig | None
+        Metric and preprocessing options; seeds default to :func:`default_seeds`.
+    scheduler : str | None
+        ``None``: start a ``distributed.LocalCluster`` of ``n_workers`` processes (1 thread
+        each) and close it at the end; ``"synchronous"``: run in this process without a
+        cluster; otherwise the address of a running scheduler (``tcp://host:port``).
+    n_workers : int | None
+        Workers of the local cluster (default 2).
+    overwrite : bool
+        Recompute runs whose outputs and ``done`` marker already exist.
+    progress : bool
+        Show a progress bar over runs.
+    connect_timeout : float
+        Seconds to wait for a remote scheduler.
+
+    Returns
+    -------
+    dict
+        ``{run prefix (sub-XX_task-...): {key: written path}}``.
+
+    Raises
+    ------
+    rtfb.offline.bids.BIDSError
+        Unusable dataset (see :func:`rtfb.offline.bids.load_dataset`).
+    ConnectionError
+        The scheduler address is unknown or unreachable (the message names it).
+    AnalysisError
+        Some runs failed (after all the others finished).
+    """
+    from dask import delayed
+
+    dataset = load_dataset(bids_dir, participants)
+    config = AnalysisConfig() if config is None else config
+    if config.seeds is None:
+        from dataclasses import replace
+
+        config = replace(config, seeds=default_seeds(dataset.root))
+    if n_workers is not None and int(n_workers) < 1:
+        raise ValueError(f"n_workers must be >= 1, got {n_workers!r}.")
+    out_dir = Path(out_dir)
+    _write_description(out_dir / PIPELINE_NAME, dataset.root)
+    runs = {run.prefix: run for run in dataset.runs}
+    results, failures = {}, {}
+    bar, task = _progress(progress, len(runs))
+
+    def record(prefix, outcome, error=None):
+        if error is None:
+            results[prefix] = outcome
+        else:
+            failures[prefix] = error
+            logger.error("%s failed: %s", prefix, error)
+        bar.advance(task)
+
+    with bar:
+        if scheduler == "synchronous":
+            for prefix, run in runs.items():
+                job = delayed(process_subject, pure=False)(run.path, run.tr, out_dir, config,
+                                                           overwrite=overwrite)
+                try:
+                    record(prefix, job.compute(scheduler="synchronous"))
+                except Exception as err:  # noqa: BLE001 - reported per run
+                    record(prefix, None, f"{type(err).__name__}: {err}")
+        else:
+            from distributed import as_completed
+
+            cluster = None
+            if scheduler is None:
+                from distributed import Client, LocalCluster
+
+                cluster = LocalCluster(n_workers=int(n_workers or 2), threads_per_worker=1,
+                                       processes=True, dashboard_address=None,
+                                       env=dict(_SINGLE_THREAD_ENV))
+                client = Client(cluster)
+            else:
+                client = _connect(str(scheduler), connect_timeout)
+            try:
+                futures = {client.submit(_single_threaded_task, run.path, run.tr, out_dir, config,
+                                         overwrite=overwrite, key=f"rtfb-analyze-{prefix}",
+                                         pure=False): prefix
+                           for prefix, run in runs.items()}
+                for future in as_completed(futures):
+                    prefix = futures[future]
+                    try:
+                        record(prefix, future.result())
+                    except Exception as err:  # noqa: BLE001 - reported per run
+                        record(prefix, None, f"{type(err).__name__}: {err}")
+            finally:
+                client.close()
+                if cluster is not None:
+                    cluster.close()
+    results = {k: results[k] for k in sorted(results)}
+    if failures:
+        lines = "\n".join(f"  {k}: {v}" for k, v in sorted(failures.items()))
+        raise AnalysisError(f"{len(failures)} of {len(runs)} runs failed:\n{lines}",
+                            failures, results)
+    return results
+
+
+def analyze_command(args: argparse.Namespace) -> int:
+    """Entry point of ``rtfb analyze``."""
+    from .bids import BIDSError
+
+    try:
+        results = analyze(args.bids_dir, args.out, participants=args.participants,
+                          scheduler=args.scheduler, n_workers=args.n_workers,
+                          overwrite=args.overwrite, progress=not args.quiet)
+    except (BIDSError, ConnectionError, ValueError) as err:
+        print(f"rtfb analyze: error: {err}")
+        return 2
+    except AnalysisError as err:
+        print(f"rtfb analyze: {err}")
+        return 1
+    print(f"{len(results)} runs -> {Path(args.out) / PIPELINE_NAME}")
+    return 0
+
+
+def add_analyze_parser(sub) -> None:
+    """Register ``rtfb analyze``."""
+    p = sub.add_parser("analyze", help="offline maps of a BIDS cohort (Dask)",
+                       description="Preprocess every run of a BIDS dataset with the real-time "
+                                   "pipeline and write ALFF/fALFF/mALFF/zALFF, ReHo, seed-FC, "
+                                   "degree centrality and VMHC maps as BIDS derivatives.")
+    p.add_argument("bids_dir", metavar="BIDS_DIR")
+    p.add_argument("--out", metavar="DERIV_DIR", required=True,
+                   help="derivatives folder (maps go to DERIV_DIR/rtfb/)")
+    p.add_argument("--participants", metavar="TSV",
+                   help="participants table (default BIDS_DIR/participants.tsv)")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="Dask scheduler address (tcp://host:port), or 'synchronous'; "
+                        "default: a local cluster of worker processes")
+    p.add_argument("--n-workers", type=int, default=None, metavar="N",
+                   help="workers of the local cluster (default 2)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="recompute subjects that are already done")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=analyze_command, command_parser=p)

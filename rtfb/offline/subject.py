@@ -1,0 +1,369 @@
+"""Maps of one run: the real-time preprocessing offline, then the batch metric kernels.
+
+The run's volumes go through :class:`rtfb.preprocess.pipeline.Preprocessor` one by one, as in
+a session (realignment, FD, optional smoothing, masking, cumulative nuisance GLM), and the
+cleaned in-mask vectors of the whole run are kept. ALFF / fALFF / mALFF / zALFF, ReHo,
+seed-FC, degree centrality and VMHC are then the ``rtfb.metrics`` batch kernels on that
+data, with the whole run as the window.
+
+Outputs (BIDS derivatives)::
+
+    OUT_DIR/rtfb/sub-XX/func/<prefix>_desc-<Metric>_map.nii.gz (+ .json sidecar)
+    OUT_DIR/rtfb/sub-XX/func/<prefix>_desc-brain_mask.nii.gz
+    OUT_DIR/rtfb/sub-XX/func/<prefix>_desc-confounds_timeseries.tsv  (motion, FD, censored)
+    OUT_DIR/rtfb/sub-XX/<prefix>_done.json                          (resume marker)
+
+Every file is written to a temporary name and renamed, and the ``done`` marker last, so a
+killed run leaves no half-written map that a resumed run would trust.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..ingest.nifti import iter_nifti_volumes
+from ..metrics import alff, degree_centrality, falff, malff, reho, seed_fc, vmhc, zalff
+from ..metrics.vmhc import _check_symmetric_grid
+from ..preprocess.pipeline import Preprocessor
+
+__all__ = ["DEFAULT_SPHERES", "AnalysisConfig", "PIPELINE_NAME", "default_seeds",
+           "preprocess_run", "process_subject", "resolve_seed_masks", "subject_outputs_dir"]
+
+PIPELINE_NAME = "rtfb"
+#: MNI centres (mm) of the default insula seeds when the dataset has no ROI masks.
+DEFAULT_SPHERES = {"left_insula": (-38.0, 4.0, 2.0), "right_insula": (38.0, 4.0, 2.0)}
+_TRUTH_ROIS = "derivatives/truth/roi-{}.nii.gz"
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    """What the offline analysis computes and how the run is preprocessed.
+
+    Parameters
+    ----------
+    band : tuple of float
+        ALFF band in Hz (inclusive).
+    neighborhood : {7, 19, 27}
+        ReHo neighbourhood.
+    dc_threshold : float
+        Degree-centrality correlation threshold.
+    seeds : dict of str to (path | tuple of 3 floats) | None
+        Seed ROIs: a mask file on (or resampled to) the run's grid, or an MNI centre in mm
+        (a sphere of ``seed_radius_mm``, taking world coordinates as MNI: the data must be
+        in MNI space). ``None``: :func:`default_seeds` of the dataset.
+    seed_radius_mm : float
+        Radius of sphere seeds.
+    realign, interpolation, smoothing_fwhm, drift, drift_order, motion_regressors, glm,
+    fd_threshold
+        :class:`~rtfb.preprocess.pipeline.Preprocessor` options (``glm`` cumulative by
+        default, as in a session; ``n_expected`` and ``tr`` come from the run).
+    """
+
+    band: tuple[float, float] = (0.01, 0.08)
+    neighborhood: int = 27
+    dc_threshold: float = 0.25
+    seeds: dict | None = None
+    seed_radius_mm: float = 6.0
+    realign: bool = True
+    interpolation: str = "linear"
+    smoothing_fwhm: float = 0.0
+    drift: str = "legendre"
+    drift_order: int = 2
+    motion_regressors: bool = True
+    glm: str = "cumulative"
+    fd_threshold: float = 0.5
+
+    def preprocessing(self) -> dict:
+        """The Preprocessor options."""
+        return {k: getattr(self, k) for k in (
+            "realign", "interpolation", "smoothing_fwhm", "drift", "drift_order",
+            "motion_regressors", "glm", "fd_threshold")}
+
+    def as_dict(self) -> dict:
+        """JSON-friendly dict (seed paths as strings)."""
+        out = asdict(self)
+        out["band"] = [float(b) for b in self.band]
+        if self.seeds is not None:
+            out["seeds"] = {name: (str(v) if isinstance(v, (str, os.PathLike))
+                                   else [float(c) for c in v])
+                            for name, v in self.seeds.items()}
+        return json.loads(json.dumps(out))
+
+
+def default_seeds(bids_dir) -> dict:
+    """Left/right insula ROI masks of a simulator cohort if present, else MNI spheres."""
+    root = Path(bids_dir)
+    paths = {name: root / _TRUTH_ROIS.format(name) for name in DEFAULT_SPHERES}
+    if all(p.is_file() for p in paths.values()):
+        return {name: str(p) for name, p in paths.items()}
+    return dict(DEFAULT_SPHERES)
+
+
+def subject_outputs_dir(out_dir, subject: str) -> Path:
+    """``OUT_DIR/rtfb/sub-XX``."""
+    return Path(out_dir) / PIPELINE_NAME / subject
+
+
+def _bids_root(bold_path: Path) -> Path | None:
+    # BIDS_DIR/sub-XX/[ses-YY/]func/file
+    for parent in bold_path.parents:
+        if parent.name.startswith("sub-"):
+            return parent.parent
+    return None
+
+
+def resolve_seed_masks(seeds: dict, mask: np.ndarray, affine, radius_mm: float) -> dict:
+    """Boolean seed masks on the grid, restricted to the brain mask.
+
+    Raises
+    ------
+    ValueError
+        If a seed has no voxel inside the brain mask.
+    """
+    from ..preprocess.masks import load_mask, sphere_roi
+
+    out = {}
+    for name, spec in seeds.items():
+        if isinstance(spec, (str, os.PathLike)):
+            roi = load_mask(spec, affine, mask.shape, name=name)
+        else:
+            roi = sphere_roi(spec, radius_mm, affine, mask.shape, name=name)
+        roi = np.asarray(roi, bool) & mask
+        if not roi.any():
+            raise ValueError(f"seed {name!r} ({spec}) has no voxel inside the brain mask.")
+        out[name] = roi
+    return out
+
+
+def preprocess_run(bold_path, tr: float, config: AnalysisConfig) -> dict:
+    """Feed a run through the real-time :class:`Preprocessor`.
+
+    Returns
+    -------
+    dict
+        ``data`` (n_voxels, n_volumes) cleaned in-mask series, ``mask``, ``affine``,
+        ``motion`` (n_volumes, 6), ``fd``, ``censored`` (n_volumes,).
+    """
+    import nibabel as nib
+
+    bold_path = Path(bold_path)
+    n_volumes = int(nib.load(bold_path).shape[3])
+    volumes = iter_nifti_volumes(bold_path)
+    try:
+        reference = next(volumes)
+        pre = Preprocessor(n_expected=n_volumes, tr=tr, **config.preprocessing()).fit(reference)
+        data = np.empty((n_volumes, int(pre.mask_.sum())))
+        motion = np.empty((n_volumes, 6))
+        fd = np.empty(n_volumes)
+        censored = np.zeros(n_volumes, bool)
+        for t, volume in enumerate(_chain(reference, volumes)):
+            try:
+                res = pre.transform(volume)
+            except ValueError as err:
+                raise ValueError(f"{bold_path}: volume {t}: {err}") from None
+            data[t] = res.data
+            motion[t], fd[t], censored[t] = res.motion, res.fd, res.censored
+    finally:
+        volumes.close()
+    if t + 1 != n_volumes:
+        raise ValueError(f"{bold_path}: read {t + 1} volumes, the header says {n_volumes}.")
+    return dict(data=data.T.copy(), mask=pre.mask_, affine=pre.affine_, motion=motion, fd=fd,
+                censored=censored)
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest
+
+
+def _desc(name: str) -> str:
+    """BIDS ``desc`` label of a seed name: ``left_insula`` -> ``LeftInsula``."""
+    return "".join(w[:1].upper() + w[1:] for w in re.split(r"[^A-Za-z0-9]+", name))
+
+
+def _atomic(path: Path, write) -> None:
+    tmp = path.with_name(f".tmp{os.getpid()}-{path.name}")  # keeps the suffix (nibabel)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _save_map(array, affine, path: Path, dtype=np.float32) -> None:
+    import nibabel as nib
+
+    img = nib.Nifti1Image(np.asarray(array, dtype=dtype), affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    img.header.set_xyzt_units("mm", "sec")
+    _atomic(path, lambda tmp: nib.save(img, tmp))
+
+
+def _save_json(path: Path, obj) -> None:
+    _atomic(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
+
+
+def _scatter(values, mask) -> np.ndarray:
+    out = np.zeros(mask.shape)
+    out[mask] = values
+    return out
+
+
+def _read_marker(marker: Path) -> dict | None:
+    try:
+        return json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def process_subject(bold_path, tr: float, out_dir, config: AnalysisConfig | None = None,
+                    *, overwrite: bool = False) -> dict:
+    """Preprocess one run as in real time and write its metric maps.
+
+    Parameters
+    ----------
+    bold_path : str | path-like
+        4D BOLD NIfTI (``sub-XX[_...]_bold.nii[.gz]``).
+    tr : float
+        Repetition time in seconds (from the JSON sidecar).
+    out_dir : str | path-like
+        Derivatives root: maps go to ``out_dir/rtfb/sub-XX/func/``.
+    config : AnalysisConfig | None
+        Options (default :class:`AnalysisConfig`).
+    overwrite : bool
+        Recompute even when the outputs and the ``done`` marker exist (with the same
+        configuration); otherwise such a run is skipped.
+
+    Returns
+    -------
+    dict of str to pathlib.Path
+        Written files by key (``ALFF``, ..., ``mask``, ``confounds``, ``done``); the
+        ``done`` marker also records whether the run was ``skipped``.
+    """
+    config = AnalysisConfig() if config is None else config
+    bold_path = Path(bold_path)
+    name = bold_path.name
+    prefix = next((name[: -len(s)] for s in ("_bold.nii.gz", "_bold.nii") if name.endswith(s)),
+                  None)
+    if prefix is None or not prefix.startswith("sub-"):
+        raise ValueError(f"{bold_path}: expected a BIDS name sub-<label>[_...]_bold.nii[.gz].")
+    subject = prefix.split("_")[0]
+    sub_dir = subject_outputs_dir(out_dir, subject)
+    func_dir = sub_dir / "func"
+    marker = sub_dir / f"{prefix}_done.json"
+    config_dict = config.as_dict()
+
+    if not overwrite and marker.is_file():
+        done = _read_marker(marker)
+        if done is not None and done.get("config") == config_dict and all(
+                (sub_dir / rel).is_file() for rel in done.get("outputs", {}).values()):
+            paths = {k: sub_dir / rel for k, rel in done["outputs"].items()}
+            paths["done"] = marker
+            return paths
+
+    func_dir.mkdir(parents=True, exist_ok=True)
+    if marker.exists():
+        marker.unlink()
+    pre = preprocess_run(bold_path, tr, config)
+    data, mask, affine = pre["data"], pre["mask"], pre["affine"]
+    n = data.shape[1]
+    grid = np.zeros(mask.shape + (n,))
+    grid[mask] = data
+
+    seeds_spec = config.seeds
+    if seeds_spec is None:
+        root = _bids_root(bold_path)
+        seeds_spec = default_seeds(root) if root is not None else dict(DEFAULT_SPHERES)
+    seed_masks = resolve_seed_masks(seeds_spec, mask, affine, config.seed_radius_mm)
+
+    band = [float(b) for b in config.band]
+    alff_map = _scatter(alff(data, tr, config.band), mask)
+    falff_map = _scatter(falff(data, tr, config.band), mask)
+    maps = {
+        "ALFF": (alff_map, {"Band": band}),
+        "fALFF": (falff_map, {"Band": band}),
+        "mALFF": (malff(alff_map, mask), {"Band": band, "Normalisation":
+                                          "ALFF / mean ALFF in the brain mask"}),
+        "zALFF": (zalff(alff_map, mask), {"Band": band, "Normalisation":
+                                          "(ALFF - mean) / std in the brain mask"}),
+        "ReHo": (reho(grid, mask, config.neighborhood),
+                 {"Neighborhood": int(config.neighborhood)}),
+    }
+    mask_index = {}
+    flat = np.flatnonzero(mask.ravel())
+    for seed_name, roi in seed_masks.items():
+        idx = np.searchsorted(flat, np.flatnonzero(roi.ravel()))
+        mask_index[seed_name] = idx
+        spec = seeds_spec[seed_name]
+        maps[f"FC{_desc(seed_name)}"] = (
+            _scatter(seed_fc(data[idx].mean(axis=0), data), mask),
+            {"Seed": {"Name": seed_name, "Voxels": int(idx.size),
+                      "Definition": str(spec) if isinstance(spec, (str, os.PathLike))
+                      else {"CenterMNI": [float(c) for c in spec],
+                            "RadiusMM": float(config.seed_radius_mm)}},
+             "SeedSeries": "mean of the cleaned seed voxels", "Values": "Fisher z"})
+    for kind, weighted in (("binary", False), ("weighted", True)):
+        maps[f"DC{kind}"] = (
+            degree_centrality(grid, mask, threshold=config.dc_threshold, weighted=weighted),
+            {"Threshold": float(config.dc_threshold), "Weighted": weighted})
+    skipped = {}
+    try:
+        _check_symmetric_grid(affine, mask.shape)
+    except ValueError as err:
+        skipped["VMHC"] = f"grid not left-right symmetric: {err}"
+    else:
+        maps["VMHC"] = (vmhc(grid, mask, affine), {"Values": "Fisher z",
+                                                    "Mirror": "first voxel axis (x)"})
+
+    common = {
+        "RepetitionTime": float(tr),
+        "NumberOfVolumes": int(n),
+        "Window": "whole run",
+        "Sources": [str(bold_path)],
+        "Preprocessing": {"Implementation": "rtfb.preprocess.pipeline.Preprocessor "
+                                            "(real-time code, volume by volume)",
+                          **config.preprocessing(), "n_expected": int(n),
+                          "CensoredVolumes": int(pre["censored"].sum()),
+                          "CensoredVolumesUsed": True},
+        "GeneratedBy": [{"Name": "rtfb", "Version": __version__}],
+    }
+    outputs = {}
+    for metric, (array, extra) in maps.items():
+        rel = f"func/{prefix}_desc-{metric}_map.nii.gz"
+        _save_map(array, affine, sub_dir / rel)
+        _save_json(sub_dir / rel.replace(".nii.gz", ".json"),
+                   {"Metric": metric, "Kernel": f"rtfb.metrics.{_kernel(metric)}",
+                    **extra, **common})
+        outputs[metric] = rel
+    rel = f"func/{prefix}_desc-brain_mask.nii.gz"
+    _save_map(mask, affine, sub_dir / rel, dtype=np.uint8)
+    outputs["mask"] = rel
+    rel = f"func/{prefix}_desc-confounds_timeseries.tsv"
+    lines = ["\t".join(["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z",
+                        "framewise_displacement", "censored"])]
+    for m, f, c in zip(pre["motion"], pre["fd"], pre["censored"], strict=True):
+        lines.append("\t".join([*(repr(float(v)) for v in m), repr(float(f)), str(int(c))]))
+    _atomic(sub_dir / rel, lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
+    outputs["confounds"] = rel
+    _save_json(marker, {"subject": subject, "source": str(bold_path), "config": config_dict,
+                        "outputs": outputs, "skipped": skipped, "rtfb_version": __version__})
+    paths = {k: sub_dir / rel for k, rel in outputs.items()}
+    paths["done"] = marker
+    return paths
+
+
+def _kernel(metric: str) -> str:
+    if metric.startswith("FC"):
+        return "seed_fc"
+    if metric.startswith("DC"):
+        return "degree_centrality"
+    return metric.lower() if metric != "ReHo" else "reho"
