@@ -228,6 +228,23 @@ def analyze_command(args: argparse.Namespace) -> int:
         print(f"rtfb analyze: {err}")
         return 1
     print(f"{len(results)} runs -> {Path(args.out) / PIPELINE_NAME}")
+    if args.no_group:
+        return 0
+    from .group import group_analysis
+    from .report import write_group_report
+
+    dataset = load_dataset(args.bids_dir, args.participants)
+    try:
+        group = group_analysis(args.out, dataset.participants, metrics=tuple(args.metrics),
+                               n_permutations=args.permutations, seed=args.seed,
+                               classify_metric="alff")
+    except (ValueError, FileNotFoundError) as err:
+        print(f"rtfb analyze: group analysis: {err}")
+        return 2
+    report = write_group_report(args.out, group)
+    n_sig = sum(len(c.clusters) for c in group.contrasts.values())
+    print(f"group analysis: {len(group.contrasts)} contrasts, {n_sig} FWE-significant clusters "
+          f"-> {report}")
     return 0
 
 
@@ -235,8 +252,11 @@ def add_analyze_parser(sub) -> None:
     """Register ``rtfb analyze``."""
     p = sub.add_parser("analyze", help="offline maps of a BIDS cohort (Dask)",
                        description="Preprocess every run of a BIDS dataset with the real-time "
-                                   "pipeline and write ALFF/fALFF/mALFF/zALFF, ReHo, seed-FC, "
-                                   "degree centrality and VMHC maps as BIDS derivatives.")
+                                   "pipeline, write ALFF/fALFF/mALFF/zALFF, ReHo, seed-FC, "
+                                   "degree centrality and VMHC maps as BIDS derivatives, then "
+                                   "compare patients and controls, correlate with VAS "
+                                   "(permutation FWE, FDR), classify, and write "
+                                   "DERIV_DIR/group/report.html.")
     p.add_argument("bids_dir", metavar="BIDS_DIR")
     p.add_argument("--out", metavar="DERIV_DIR", required=True,
                    help="derivatives folder (maps go to DERIV_DIR/rtfb/)")
@@ -250,4 +270,11 @@ def add_analyze_parser(sub) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="recompute subjects that are already done")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--no-group", action="store_true",
+                   help="only the subject maps (no group statistics or report)")
+    p.add_argument("--metrics", nargs="+", default=["alff", "falff", "reho"],
+                   help="maps compared between groups and with VAS (default alff falff reho)")
+    p.add_argument("--permutations", type=int, default=1000,
+                   help="permutations of the max-statistic FWE correction (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the permutations")
     p.set_defaults(func=analyze_command, command_parser=p)

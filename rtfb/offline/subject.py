@@ -143,7 +143,11 @@ def resolve_seed_masks(seeds: dict, mask: np.ndarray, affine, radius_mm: float) 
 
 
 def preprocess_run(bold_path, tr: float, config: AnalysisConfig) -> dict:
-    """Feed a run through the real-time :class:`Preprocessor`.
+    """Feed a run through the real-time :class:`Preprocessor`, cleaned with the whole run.
+
+    Realignment, smoothing and the nuisance design are the real-time ones; the nuisance
+    regression uses the estimate from all the run's volumes
+    (:meth:`Preprocessor.run_residuals`), i.e. a batch GLM.
 
     Returns
     -------
@@ -168,12 +172,13 @@ def preprocess_run(bold_path, tr: float, config: AnalysisConfig) -> dict:
                 res = pre.transform(volume)
             except ValueError as err:
                 raise ValueError(f"{bold_path}: volume {t}: {err}") from None
-            data[t] = res.data
+            data[t] = res.uncleaned
             motion[t], fd[t], censored[t] = res.motion, res.fd, res.censored
     finally:
         volumes.close()
     if t + 1 != n_volumes:
         raise ValueError(f"{bold_path}: read {t + 1} volumes, the header says {n_volumes}.")
+    data = pre.run_residuals(data)  # whole-run nuisance fit, as a batch GLM
     return dict(data=data.T.copy(), mask=pre.mask_, affine=pre.affine_, motion=motion, fd=fd,
                 censored=censored)
 

@@ -20,11 +20,14 @@ class PreprocessResult:
     """What the preprocessor returns for one volume.
 
     ``data`` is a view of the preprocessor's output buffer (in-mask voxels, C order of
-    ``mask_``): it is overwritten by the next volume, so copy it to keep it.
+    ``mask_``): it is overwritten by the next volume, so copy it to keep it. ``uncleaned``
+    is the same volume before nuisance regression (realigned, smoothed, masked), for
+    :meth:`Preprocessor.run_residuals` (same caveat).
     """
 
     index: int
     data: np.ndarray
+    uncleaned: np.ndarray
     motion: np.ndarray
     fd: float
     censored: bool
@@ -157,6 +160,28 @@ class Preprocessor:
         self.n_seen_ = 0
         return self
 
+    def run_residuals(self, uncleaned) -> np.ndarray:
+        """Clean a whole run with the nuisance fit of all its volumes (offline use).
+
+        In real time each volume is cleaned with the estimate available when it arrives,
+        which early in a run (few volumes, many regressors) removes most of the signal.
+        Offline, every volume is cleaned with the final estimate: the result equals
+        ``Y - X @ lstsq(X, Y)`` on the run's design, plus the reference values.
+
+        Parameters
+        ----------
+        uncleaned : array-like, shape (n_volumes, n_voxels)
+            ``PreprocessResult.uncleaned`` of every volume seen, in order.
+
+        Returns
+        -------
+        numpy.ndarray, shape (n_volumes, n_voxels)
+        """
+        uncleaned = check_finite_array(uncleaned, "uncleaned", ndim=2)
+        if self._glm is None:
+            return uncleaned.copy()
+        return self._glm.residuals(uncleaned) + self._offset
+
     def _check(self, volume: Volume) -> np.ndarray:
         if not hasattr(self, "reference_"):
             raise RuntimeError("Preprocessor is not fitted: call fit(reference) first.")
@@ -219,5 +244,6 @@ class Preprocessor:
         else:
             self._out[:] = self._y
         self.n_seen_ += 1
-        return PreprocessResult(index=volume.index, data=self._out, motion=params.copy(),
+        return PreprocessResult(index=volume.index, data=self._out, uncleaned=self._y,
+                                motion=params.copy(),
                                 fd=float(self._fd.fd_), censored=censored, flags=tuple(flags))

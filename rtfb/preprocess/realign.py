@@ -50,7 +50,7 @@ def rigid_params(matrix) -> np.ndarray:
 
 
 @pjit
-def _accumulate(vol, b, points, ref_vals, sd, n_chunks, partial):
+def _accumulate(vol, b, points, ref_vals, sd, n_chunks, partial, huber):
     """Sample ``vol`` at voxel coordinates ``b @ point`` and accumulate the normal equations.
 
     ``partial[c]`` receives, for chunk ``c``, the 8x8 matrix ``A^T A`` (flattened), ``A^T e``,
@@ -82,12 +82,17 @@ def _accumulate(vol, b, points, ref_vals, sd, n_chunks, partial):
             val = (c00 * (1 - fy) + c10 * fy) * (1 - fz) + (c01 * (1 - fy) + c11 * fy) * fz
             g = ref_vals[i]
             e = val - g
+            # Huber weight: points far from the fit (local signal change, not motion)
+            # count less, so they cannot steer the motion estimate
+            w = 1.0
+            if huber > 0 and abs(e) > huber:
+                w = huber / abs(e)
             for k in range(6):
                 row[k] = sd[i, k]
             row[6] = g
             row[7] = 1.0
             for k in range(8):
-                rk = row[k]
+                rk = row[k] * w
                 acc[64 + k] += rk * e
                 for m in range(k, 8):
                     acc[k * 8 + m] += rk * row[m]
@@ -138,6 +143,10 @@ class Realigner:
         Maximum Gauss-Newton iterations per volume.
     tol : float
         Convergence threshold on the update (mm for translations; degrees for rotations).
+    robust : bool
+        Huber-weighted least squares (IRLS, threshold 1.345 x the residual RMS): points
+        whose intensity changes for another reason than motion (a strong local signal)
+        are down-weighted instead of biasing the estimate.
 
     Attributes
     ----------
@@ -156,12 +165,13 @@ class Realigner:
     """
 
     def __init__(self, fwhm: float = 6.0, step: int = 2, interpolation: str = "linear",
-                 max_iter: int = 40, tol: float = 1e-4):
+                 max_iter: int = 40, tol: float = 1e-4, robust: bool = True):
         self.fwhm = fwhm
         self.step = step
         self.interpolation = interpolation
         self.max_iter = max_iter
         self.tol = tol
+        self.robust = robust
 
     def fit(self, reference, affine, mask=None) -> Realigner:
         """Prepare the reference: smoothing, sample points, Jacobian.
@@ -264,12 +274,15 @@ class Realigner:
         matrix = rigid_matrix(init) if init is not None else self.matrix_.copy()
         deg = np.array([1, 1, 1, 180 / np.pi, 180 / np.pi, 180 / np.pi])
         self.converged_ = False
+        huber = 0.0  # first iteration: plain least squares; then Huber at 1.345 sigma
         for it in range(1, self.max_iter + 1):
             self.n_iter_ = it
             b = self.inv_affine_ @ matrix
             _accumulate(self._smoothed, b, self._points, self._ref_vals, self._sd,
-                        self._n_chunks, self._partial)
+                        self._n_chunks, self._partial, huber)
             acc = self._partial.sum(axis=0)
+            if self.robust:
+                huber = 1.345 * float(np.sqrt(acc[73] / max(acc[72], 1.0)))
             if acc[72] < 0.5 * self.n_points_:
                 raise ValueError(
                     f"Realignment lost the volume: only {int(acc[72])} of {self.n_points_} "

@@ -38,7 +38,8 @@ def _expected(bold, cohort):
     """Preprocessor fed volume by volume, then the kernels: computed here independently."""
     volumes = list(iter_nifti_volumes(bold))
     pre = Preprocessor(n_expected=len(volumes), tr=TR).fit(volumes[0])
-    data = np.stack([pre.transform(v).data.copy() for v in volumes], axis=1)
+    raw = np.stack([pre.transform(v).uncleaned.copy() for v in volumes])
+    data = pre.run_residuals(raw).T  # checked against lstsq in tests/preprocess
     mask, affine = pre.mask_, pre.affine_
     grid = np.zeros(mask.shape + (data.shape[1],))
     grid[mask] = data

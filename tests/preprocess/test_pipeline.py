@@ -104,3 +104,22 @@ def test_bad_input(subject):
         Preprocessor(glm="sliding", window=1, mask=subject.mask).fit(vols[0])
     with pytest.raises(TypeError, match="reference must be a Volume"):
         Preprocessor().fit(vols[0].data)
+
+
+def test_run_residuals_equal_whole_run_lstsq(subject):
+    vols = _volumes(subject)
+    n_vol = len(vols)
+    pre = Preprocessor(glm="cumulative", n_expected=n_vol, mask=subject.mask).fit(vols[0])
+    raw, motion = [], []
+    for vol in vols:
+        res = pre.transform(vol)
+        raw.append(res.uncleaned.copy())
+        motion.append(res.motion)
+    raw = np.array(raw)
+    design = np.column_stack([drift_regressors(n_vol, "legendre", order=2), np.array(motion)])
+    beta = np.linalg.lstsq(design, raw, rcond=None)[0]
+    expected = raw - design @ beta + vols[0].data[subject.mask]
+    np.testing.assert_allclose(pre.run_residuals(raw), expected, rtol=1e-9,
+                               atol=1e-7 * np.abs(raw).max())
+    with pytest.raises(ValueError, match="uncleaned must have 2 dimensions"):
+        pre.run_residuals(raw[0])

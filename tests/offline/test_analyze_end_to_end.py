@@ -1,0 +1,80 @@
+"""rtfb analyze on simulator cohorts: the planted left-insula ALFF effect is found."""
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from rtfb.cli import main
+from simulator.cohort import write_cohort
+
+
+def _cohort(tmp_path, null):
+    bids = tmp_path / ("null" if null else "planted")
+    write_cohort(bids, n_patients=8, n_controls=8, null=null, seed=3, shape=(16, 16, 10),
+                 n_volumes=64, tr=2.0, slope=6.0)
+    return bids
+
+
+def _run(bids, tmp_path, capsys):
+    out = tmp_path / f"deriv-{bids.name}"
+    code = main(["analyze", str(bids), "--out", str(out), "--scheduler", "synchronous",
+                 "--quiet", "--metrics", "alff", "--permutations", "500"])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    return out, text
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("analyze")
+    return tmp, _cohort(tmp, null=False)
+
+
+def test_planted_insula_effect_found(planted, capsys):
+    tmp, bids = planted
+    out, text = _run(bids, tmp, capsys)
+    assert "group analysis" in text
+    truth_roi = nib.load(bids / "derivatives" / "truth" / "roi-left_insula.nii.gz")
+    roi = np.asarray(truth_roi.dataobj) > 0
+    p_fwe = np.asarray(nib.load(out / "group" / "alff_patVsCon_pfwe.nii.gz").dataobj)
+    t_map = np.asarray(nib.load(out / "group" / "alff_patVsCon_t.nii.gz").dataobj)
+    significant = (p_fwe < 0.05) & (t_map > 0)
+    assert significant[roi].mean() > 0.5  # most of the planted ROI survives FWE
+    assert significant[~roi].sum() <= 0.05 * (~roi).sum()
+    clusters = pd.read_csv(out / "group" / "clusters.tsv", sep="\t")
+    top = clusters[clusters["contrast"] == "patVsCon"].iloc[0]
+    peak = np.round(np.linalg.inv(truth_roi.affine) @ [top.peak_x, top.peak_y, top.peak_z, 1])
+    assert roi[tuple(peak[:3].astype(int))]
+    assert (out / "group" / "report.html").exists()
+    # every subject has its maps in the derivatives layout
+    maps = sorted((out / "rtfb").glob("sub-*/func/*_desc-ALFF_map.nii.gz"))
+    assert len(maps) == 16
+
+
+def test_resume_skips_finished_subjects(planted, capsys):
+    tmp, bids = planted
+    out = tmp / f"deriv-{bids.name}"
+    before = {p: p.stat().st_mtime_ns for p in (out / "rtfb").glob("sub-*/func/*ALFF_map*")}
+    assert before
+    assert main(["analyze", str(bids), "--out", str(out), "--scheduler", "synchronous",
+                 "--quiet", "--no-group"]) == 0
+    after = {p: p.stat().st_mtime_ns for p in before}
+    assert after == before
+
+
+def test_null_cohort_finds_nothing_in_the_roi(tmp_path, capsys):
+    bids = _cohort(tmp_path, null=True)
+    out, _ = _run(bids, tmp_path, capsys)
+    p_fwe = np.asarray(nib.load(out / "group" / "alff_patVsCon_pfwe.nii.gz").dataobj)
+    roi = np.asarray(nib.load(bids / "derivatives" / "truth" /
+                              "roi-left_insula.nii.gz").dataobj) > 0
+    assert not (p_fwe[roi] < 0.05).any()
+
+
+def test_bad_scheduler_address(tmp_path, capsys, planted):
+    _, bids = planted
+    code = main(["analyze", str(bids), "--out", str(tmp_path / "d"), "--scheduler",
+                 "tcp://127.0.0.1:9", "--quiet", "--no-group"])
+    assert code == 2
+    assert "tcp://127.0.0.1:9" in capsys.readouterr().out
