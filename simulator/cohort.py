@@ -25,7 +25,16 @@ Layout written by :func:`write_cohort`::
         truth.json                    effect definition + per-subject planted values
         mask.nii.gz                   shared brain mask (uint8)
         roi-<name>.nii.gz             shared ROIs (uint8)
+        network.nii.gz                planted network (seed + target ROIs, uint8)
+        atlas.nii.gz, atlas.tsv       label image (int16) and its ``index``/``name`` table
         sub-XX/sub-XX_truth.json      full make_subject truth of that subject
+
+Resting-state network: in every subject the ``seed`` (posterior-cingulate-like) and
+``target`` (medial-prefrontal-like) ROIs carry band-limited signals correlated at
+``fc_correlation`` = 0.9 by default (a coherent two-node network, the ground truth of group
+ICA: ``network.nii.gz``). Atlas for graph analyses: ``atlas.nii.gz`` labels the five ROIs
+(1-5) and splits the rest of the brain mask into boxes (labels 6 and up), names in
+``atlas.tsv``.
 
 Subjects are numbered patients first (``sub-01`` .. ``sub-<N>``), then controls. Nothing
 here imports ``rtfb``.
@@ -43,13 +52,16 @@ import numpy as np
 
 from .synthetic import make_subject
 
-__all__ = ["CohortSubject", "make_cohort_plan", "write_cohort"]
+__all__ = ["CohortSubject", "make_atlas", "make_cohort_plan", "write_cohort"]
 
 BIDS_VERSION = "1.8.0"
 TASK = "rest"
 _GROUP_VAS = {"patient": (3.0, 9.0), "control": (0.0, 1.0)}
 _AGE_RANGE = (20, 65)
 _BASELINE_SD = 0.03  # relative between-subject variation of the baseline intensity
+_NETWORK_CORRELATION = 0.9  # seed-target coupling: one coherent network for ICA
+_ATLAS_BOXES = (3, 3, 2)  # boxes along x, y, z splitting the brain outside the ROIs
+_MIN_PARCEL = 4  # voxels; smaller boxes are left unlabelled
 
 
 @dataclass(frozen=True)
@@ -151,6 +163,48 @@ def _save_nifti(array, affine, path: Path, dtype, tr: float | None = None) -> Pa
     return path
 
 
+def make_atlas(mask: np.ndarray, rois: dict[str, np.ndarray],
+               boxes: Sequence[int] = _ATLAS_BOXES) -> tuple[np.ndarray, list[str]]:
+    """Label image: the ROIs (1..len(rois)), then boxes of the remaining brain voxels.
+
+    Parameters
+    ----------
+    mask : numpy.ndarray of bool, shape (X, Y, Z)
+        Brain mask.
+    rois : dict of str to numpy.ndarray of bool
+        Disjoint ROIs inside ``mask``, labelled in this order.
+    boxes : sequence of 3 int
+        Number of equal slabs of the mask's bounding box along each axis.
+
+    Returns
+    -------
+    labels : numpy.ndarray of int16, shape (X, Y, Z)
+        0 outside the brain (and in boxes of fewer than 4 voxels).
+    names : list of str
+        Name of label ``i + 1`` at index ``i`` (ROI names, then ``box-<i>-<j>-<k>``).
+    """
+    labels = np.zeros(mask.shape, np.int16)
+    names = []
+    for name, roi in rois.items():
+        names.append(name)
+        labels[roi] = len(names)
+    rest = mask & (labels == 0)
+    idx = np.nonzero(mask)
+    lo = np.array([i.min() for i in idx])
+    hi = np.array([i.max() for i in idx]) + 1
+    coords = np.indices(mask.shape)
+    bins = [np.clip(((coords[a] - lo[a]) * boxes[a]) // (hi[a] - lo[a]), 0, boxes[a] - 1)
+            for a in range(3)]
+    for i in range(boxes[0]):
+        for j in range(boxes[1]):
+            for k in range(boxes[2]):
+                box = rest & (bins[0] == i) & (bins[1] == j) & (bins[2] == k)
+                if box.sum() >= _MIN_PARCEL:
+                    names.append(f"box-{i}-{j}-{k}")
+                    labels[box] = len(names)
+    return labels, names
+
+
 def _write_json(path: Path, obj) -> Path:
     path.write_text(json.dumps(obj, indent=2) + "\n")
     return path
@@ -189,7 +243,8 @@ def write_cohort(
         Effect definition (see :func:`make_cohort_plan`).
     **subject_kwargs
         Further keyword arguments of :func:`simulator.synthetic.make_subject` (e.g.
-        ``noise_sigma``); ``alff_amplitude``, ``baseline``, ``seed`` are set per subject.
+        ``noise_sigma``); ``alff_amplitude``, ``baseline``, ``seed`` are set per subject;
+        ``fc_correlation`` defaults to 0.9 (a coherent seed-target network).
 
     Returns
     -------
@@ -200,6 +255,7 @@ def write_cohort(
     if forbidden:
         raise ValueError(f"{sorted(forbidden)} are set by write_cohort, not per subject.")
     mean_baseline = float(subject_kwargs.pop("baseline", 1000.0))
+    subject_kwargs.setdefault("fc_correlation", _NETWORK_CORRELATION)
     plan = make_cohort_plan(n_patients, n_controls, seed=seed, null=null,
                             base_amplitude=base_amplitude, slope=slope,
                             amplitude_sd=amplitude_sd, baseline=mean_baseline)
@@ -266,6 +322,14 @@ def write_cohort(
     _save_nifti(shared.mask, shared.affine, truth_dir / "mask.nii.gz", np.uint8)
     for name, roi in shared.rois.items():
         _save_nifti(roi, shared.affine, truth_dir / f"roi-{name}.nii.gz", np.uint8)
+    network = shared.rois["seed"] | shared.rois["target"]
+    _save_nifti(network, shared.affine, truth_dir / "network.nii.gz", np.uint8)
+    atlas, atlas_names = make_atlas(shared.mask, shared.rois)
+    _save_nifti(atlas, shared.affine, truth_dir / "atlas.nii.gz", np.int16)
+    with open(truth_dir / "atlas.tsv", "w", newline="") as fh:
+        writer = csv.writer(fh, delimiter="\t", lineterminator="\n")
+        writer.writerow(["index", "name"])
+        writer.writerows((i + 1, name) for i, name in enumerate(atlas_names))
     _write_json(truth_dir / "dataset_description.json", {
         "Name": "Planted ground truth of the synthetic cohort",
         "BIDSVersion": BIDS_VERSION,
@@ -301,6 +365,15 @@ def write_cohort(
         "mask": "mask.nii.gz",
         "rois": {name: f"roi-{name}.nii.gz" for name in shared.rois},
         "roi_voxels": shared.truth["roi_voxels"],
+        "network": {
+            "rois": ["seed", "target"],
+            "map": "network.nii.gz",
+            "correlation": float(subject_kwargs["fc_correlation"]),
+            "definition": "band-limited signals of SD fc_amplitude added to the seed and "
+                          "target ROIs, correlated at 'correlation' over the run",
+        },
+        "atlas": {"image": "atlas.nii.gz", "labels": "atlas.tsv",
+                  "n_labels": len(atlas_names)},
         "subjects": subjects_truth,
     }
     _write_json(truth_dir / "truth.json", truth)

@@ -287,6 +287,7 @@ def compare_groups(
     metrics_per_subject,
     groups,
     equal_var: bool = True,
+    levels: Sequence | None = None,
 ) -> pd.DataFrame:
     """Two-sample t-test of every metric between two groups of subjects.
 
@@ -301,6 +302,9 @@ def compare_groups(
         is ``a``, the second ``b`` and ``t > 0`` means ``mean_a > mean_b``.
     equal_var : bool
         Student's t-test if True, Welch's if False (:func:`scipy.stats.ttest_ind`).
+    levels : sequence of 2 values | None
+        The groups ``(a, b)`` in this order (default: the two values of ``groups`` in
+        sorted order).
 
     Returns
     -------
@@ -314,9 +318,15 @@ def compare_groups(
     if groups.ndim != 1 or groups.size != len(frame):
         raise ValueError(f"groups must have one entry per subject ({len(frame)}), "
                          f"got shape {groups.shape}.")
-    levels = np.unique(groups)
-    if levels.size != 2:
-        raise ValueError(f"groups must contain exactly 2 distinct values, got {levels.tolist()}.")
+    present = np.unique(groups)
+    if present.size != 2:
+        raise ValueError(f"groups must contain exactly 2 distinct values, got "
+                         f"{present.tolist()}.")
+    if levels is None:
+        levels = present
+    elif len(levels) != 2 or set(np.asarray(levels).tolist()) != set(present.tolist()):
+        raise ValueError(f"levels must be the 2 values of groups {present.tolist()}, "
+                         f"got {list(levels)}.")
     frame = frame.select_dtypes(include="number")
     if frame.shape[1] == 0:
         raise ValueError("metrics_per_subject has no numeric metric to compare.")

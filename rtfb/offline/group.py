@@ -46,6 +46,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -163,6 +164,10 @@ class GroupResults:
         Patients' VAS from ``classify_metric`` voxel values.
     classify_metric : str | None
         Metric used as features.
+    graph : rtfb.offline.network.GraphResults | None
+        ROI-graph analysis, when run (:func:`rtfb.offline.network.graph_analysis`).
+    ica : rtfb.offline.network.ICAResults | None
+        Group ICA, when run (:func:`rtfb.offline.network.ica_analysis`).
     notes : list of str
         Decisions taken on the data (dropped covariates, skipped analyses).
     files : dict of str to Path
@@ -185,6 +190,8 @@ class GroupResults:
     classification: ClassificationResult | None = None
     vas_regression: RegressionResult | None = None
     classify_metric: str | None = None
+    graph: Any = None
+    ica: Any = None
     notes: list[str] = field(default_factory=list)
     files: dict[str, Path] = field(default_factory=dict)
 

@@ -5,7 +5,11 @@ and reduced in the temporal dimension by PCA to ``n_subject_components`` rows (t
 right singular vectors scaled by their singular values). The reduced subjects are
 concatenated along that dimension, reduced again by a group PCA to ``n_components`` rows, and
 a spatial FastICA (scikit-learn; voxels are the samples) unmixes them into ``n_components``
-maximally independent spatial maps, ``components_``. Each map is z-scored over voxels and its
+maximally independent spatial maps, ``components_``. With ``n_components="auto"`` the number
+of components is Minka's (2000) maximum-likelihood PCA dimension of the concatenated reduced
+data (scikit-learn's ``PCA(n_components="mle")``), as MELODIC estimates it by a Laplace
+approximation of the same model: too many components split a network into fragments, too
+few merge networks. Each map is z-scored over voxels and its
 sign chosen so that its heaviest tail is positive.
 
 Subject-specific maps and time courses are obtained by dual regression (Beckmann et al. 2009):
@@ -22,7 +26,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.decomposition import FastICA
 from sklearn.utils.validation import check_is_fitted
 
-from .._utils.checks import _validate_type, check_finite_array, check_int
+from .._utils.checks import _check_option, _validate_type, check_finite_array, check_int
 
 __all__ = ["GroupICA", "dual_regression"]
 
@@ -45,6 +49,19 @@ def _pca_rows(x: np.ndarray, n: int) -> np.ndarray:
     """Leading ``n`` principal components of the rows of ``x`` as ``S_k V_k^T``, (n, cols)."""
     _, s, vt = np.linalg.svd(x, full_matrices=False)
     return s[:n, None] * vt[:n]
+
+
+def _mle_dimension(stacked: np.ndarray) -> int:
+    """Minka's MLE of the PCA dimension of the rows of ``stacked`` (voxels are samples)."""
+    from sklearn.decomposition import PCA
+
+    n_rows, n_voxels = stacked.shape
+    if n_voxels <= n_rows:
+        raise ValueError(f'n_components="auto" needs more voxels ({n_voxels}) than reduced '
+                         f"rows ({n_rows} = subjects x subject components); give "
+                         "n_components or a smaller n_subject_components.")
+    pca = PCA(n_components="mle", svd_solver="full").fit(stacked.T)
+    return int(min(max(pca.n_components_, 2), n_rows - 1))
 
 
 def dual_regression(subject: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -85,11 +102,12 @@ class GroupICA(TransformerMixin, BaseEstimator):
 
     Parameters
     ----------
-    n_components : int
-        Number of independent spatial components (and of group PCA components).
+    n_components : int | "auto"
+        Number of independent spatial components (and of group PCA components), or
+        ``"auto"``: Minka's MLE of the dimension (at least 2), see the module docstring.
     n_subject_components : int | None
         Number of temporal PCA components kept per subject; ``None`` means
-        ``2 * n_components`` (capped at each subject's number of volumes).
+        ``2 * n_components`` (``"auto"``: 20), capped at each subject's number of volumes.
     random_state : int | numpy.random.RandomState | None
         Seed of FastICA.
     max_iter : int
@@ -110,13 +128,15 @@ class GroupICA(TransformerMixin, BaseEstimator):
         Dual-regression maps of the training subjects.
     subject_timecourses_ : list of numpy.ndarray, each (n_time_s, n_components)
         Dual-regression (stage 1) time courses of the training subjects.
+    n_components_ : int
+        Number of components estimated (equal to ``n_components`` unless ``"auto"``).
     n_features_in_ : int
         Number of voxels.
     """
 
     def __init__(
         self,
-        n_components: int = 10,
+        n_components: int | str = 10,
         n_subject_components: int | None = None,
         random_state=None,
         max_iter: int = 1000,
@@ -144,10 +164,17 @@ class GroupICA(TransformerMixin, BaseEstimator):
             The fitted estimator.
         """
         subjects = _check_subjects(X, "X")
-        n_components = check_int(self.n_components, "n_components", minimum=1)
+        auto = isinstance(self.n_components, str)
+        if auto:
+            _check_option("n_components", self.n_components, ("auto",))
+            n_components = 2
+        else:
+            n_components = check_int(self.n_components, "n_components", minimum=1)
         n_sub = self.n_subject_components
-        n_sub = 2 * n_components if n_sub is None else check_int(
-            n_sub, "n_subject_components", minimum=n_components)
+        if n_sub is None:
+            n_sub = 20 if auto else 2 * n_components
+        else:
+            n_sub = check_int(n_sub, "n_subject_components", minimum=n_components)
         n_voxels = subjects[0].shape[1]
         if n_components > n_voxels:
             raise ValueError(f"n_components ({n_components}) must be <= the number of "
@@ -163,9 +190,12 @@ class GroupICA(TransformerMixin, BaseEstimator):
         if stacked.shape[0] < n_components:
             raise ValueError(f"The reduced subjects have {stacked.shape[0]} rows in total, "
                              f"fewer than n_components ({n_components}).")
-        _, s, vt = np.linalg.svd(stacked - stacked.mean(axis=1, keepdims=True),
-                                 full_matrices=False)
+        stacked = stacked - stacked.mean(axis=1, keepdims=True)
+        if auto:
+            n_components = _mle_dimension(stacked)
+        _, s, vt = np.linalg.svd(stacked, full_matrices=False)
         group = vt[:n_components]  # (K, V), orthonormal rows
+        self.n_components_ = n_components
         self.explained_variance_ratio_ = (s[:n_components] ** 2) / np.sum(s**2)
         ica = FastICA(n_components=n_components, whiten="unit-variance",
                       random_state=self.random_state, max_iter=self.max_iter, tol=self.tol)

@@ -1,6 +1,6 @@
 """HTML report of the offline group analysis (:func:`rtfb.offline.group.group_analysis`).
 
-One self-contained file, ``DERIV/group/report.html``, in the style of the session report
+One self-contained file, ``DERIV/report.html``, in the style of the session report
 (:mod:`rtfb.session.report`): plots are drawn on matplotlib figures with the Agg canvas (no
 GUI backend, no ``pyplot`` state) and embedded as base64 PNG.
 
@@ -23,6 +23,7 @@ from .. import __version__
 from .._utils.checks import _check_option
 from ..session.report import _CSS, _esc, _img, _new_figure, _note, _png_uri, _section
 from .group import ContrastResult, GroupResults
+from .network_report import graph_section, ica_section
 
 __all__ = ["write_group_report"]
 
@@ -219,12 +220,13 @@ def _subjects_html(results: GroupResults) -> str:
 
 
 def write_group_report(deriv_dir, results: GroupResults, *, background: str = "auto") -> Path:
-    """Write ``deriv_dir/group/report.html`` for a :func:`group_analysis` result.
+    """Write ``deriv_dir/report.html`` for a :func:`group_analysis` result.
 
     Parameters
     ----------
     deriv_dir : path-like
-        Derivatives root (the report goes to ``deriv_dir/group``).
+        Derivatives root (the report goes there; the group outputs it shows are in
+        ``deriv_dir/group``).
     results : GroupResults
         Output of :func:`rtfb.offline.group.group_analysis`.
     background : {"auto", "mni", "mask"}
@@ -238,7 +240,7 @@ def write_group_report(deriv_dir, results: GroupResults, *, background: str = "a
     if not isinstance(results, GroupResults):
         raise TypeError(f"results must be a GroupResults, got {type(results).__name__}.")
     _check_option("background", background, ("auto", "mni", "mask"))
-    out_dir = Path(deriv_dir) / "group"
+    out_dir = Path(deriv_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     bg, contour, bg_note = _background(results, background)
 
@@ -269,6 +271,13 @@ def write_group_report(deriv_dir, results: GroupResults, *, background: str = "a
                 _img(_plot_scatter(c, results), f"{metric} {c.label} value vs VAS"),
             ]
         sections.append(_section(f"metric-{metric}", f"Metric: {metric}", body))
+    patient = results.participants["patient"].to_numpy(bool)
+    if results.graph is not None:
+        sections.append(_section("graph", "Graph metrics (ROI-to-ROI FC)",
+                                 graph_section(results.graph, patient)))
+    if results.ica is not None:
+        sections.append(_section("ica", "Group ICA",
+                                 [_note(bg_note), *ica_section(results.ica, bg, contour)]))
     if results.classification is not None or results.vas_regression is not None:
         sections.append(_section("classification", "Classification",
                                  _classification_html(results)))

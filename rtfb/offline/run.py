@@ -213,13 +213,34 @@ def analyze(bids_dir, out_dir, *, participants=None, config: AnalysisConfig | No
     return results
 
 
+def _ica_components(value: str) -> int | str | None:
+    if value in ("auto", "none"):
+        return None if value == "none" else value
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto', 'none' or an integer >= 2, got "
+                                         f"{value!r}") from None
+    if n < 2:
+        raise argparse.ArgumentTypeError(f"expected 'auto', 'none' or an integer >= 2, got "
+                                         f"{value!r}")
+    return n
+
+
 def analyze_command(args: argparse.Namespace) -> int:
     """Entry point of ``rtfb analyze``."""
     from .bids import BIDSError
 
+    config = None
+    if args.atlas is not None:
+        atlas = "" if args.atlas == "none" else str(Path(args.atlas).resolve())
+        if atlas and not Path(atlas).is_file():
+            print(f"rtfb analyze: error: --atlas: no such file {args.atlas}")
+            return 2
+        config = AnalysisConfig(atlas=atlas)
     try:
         results = analyze(args.bids_dir, args.out, participants=args.participants,
-                          scheduler=args.scheduler, n_workers=args.n_workers,
+                          config=config, scheduler=args.scheduler, n_workers=args.n_workers,
                           overwrite=args.overwrite, progress=not args.quiet)
     except (BIDSError, ConnectionError, ValueError) as err:
         print(f"rtfb analyze: error: {err}")
@@ -231,20 +252,41 @@ def analyze_command(args: argparse.Namespace) -> int:
     if args.no_group:
         return 0
     from .group import group_analysis
+    from .network import graph_analysis, ica_analysis
     from .report import write_group_report
 
     dataset = load_dataset(args.bids_dir, args.participants)
     try:
         group = group_analysis(args.out, dataset.participants, metrics=tuple(args.metrics),
                                n_permutations=args.permutations, seed=args.seed,
-                               classify_metric="alff")
+                               classify_metric=args.classify_metric or None)
     except (ValueError, FileNotFoundError) as err:
         print(f"rtfb analyze: group analysis: {err}")
         return 2
+    has_atlas = any("atlas" in paths for paths in results.values())
+    if has_atlas:
+        try:
+            group.graph = graph_analysis(group, density=args.density)
+        except (ValueError, FileNotFoundError) as err:
+            group.notes.append(f"graph analysis skipped: {err}")
+    else:
+        group.notes.append("graph analysis skipped: no atlas (give --atlas LABELS.nii.gz).")
+    if args.ica_components is not None:
+        try:
+            group.ica = ica_analysis(group, n_components=args.ica_components, seed=args.seed)
+        except (ValueError, FileNotFoundError) as err:
+            group.notes.append(f"group ICA skipped: {err}")
+    for note in group.notes:
+        print(f"note: {note}")
     report = write_group_report(args.out, group)
     n_sig = sum(len(c.clusters) for c in group.contrasts.values())
-    print(f"group analysis: {len(group.contrasts)} contrasts, {n_sig} FWE-significant clusters "
-          f"-> {report}")
+    extra = []
+    if group.graph is not None:
+        extra.append(f"graph of {len(group.graph.nodes)} regions")
+    if group.ica is not None:
+        extra.append(f"{group.ica.model.n_components_} ICA components")
+    print(f"group analysis: {len(group.contrasts)} contrasts, {n_sig} FWE-significant clusters"
+          + (f", {', '.join(extra)}" if extra else "") + f" -> {report}")
     return 0
 
 
@@ -255,8 +297,8 @@ def add_analyze_parser(sub) -> None:
                                    "pipeline, write ALFF/fALFF/mALFF/zALFF, ReHo, seed-FC, "
                                    "degree centrality and VMHC maps as BIDS derivatives, then "
                                    "compare patients and controls, correlate with VAS "
-                                   "(permutation FWE, FDR), classify, and write "
-                                   "DERIV_DIR/group/report.html.")
+                                   "(permutation FWE, FDR), compare ROI-graph metrics, run "
+                                   "group ICA, classify, and write DERIV_DIR/report.html.")
     p.add_argument("bids_dir", metavar="BIDS_DIR")
     p.add_argument("--out", metavar="DERIV_DIR", required=True,
                    help="derivatives folder (maps go to DERIV_DIR/rtfb/)")
@@ -276,5 +318,18 @@ def add_analyze_parser(sub) -> None:
                    help="maps compared between groups and with VAS (default alff falff reho)")
     p.add_argument("--permutations", type=int, default=1000,
                    help="permutations of the max-statistic FWE correction (default 1000)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the permutations")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the permutations, ICA and cross-validation folds")
+    p.add_argument("--atlas", metavar="LABELS",
+                   help="label image for the ROI-graph analysis (names from LABELS' .tsv); "
+                        "default: the simulator cohort's derivatives/truth/atlas.nii.gz if "
+                        "present; 'none' to skip")
+    p.add_argument("--density", type=float, default=0.2,
+                   help="edge density of the ROI graphs (default 0.2)")
+    p.add_argument("--ica-components", type=_ica_components, default="auto", metavar="N",
+                   help="group ICA components: an integer, 'auto' (Minka MLE, default) or "
+                        "'none'")
+    p.add_argument("--classify-metric", default="alff", metavar="METRIC",
+                   help="map whose voxels are the classification features (default alff; "
+                        "'' to skip)")
     p.set_defaults(func=analyze_command, command_parser=p)

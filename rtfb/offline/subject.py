@@ -10,6 +10,8 @@ Outputs (BIDS derivatives)::
 
     OUT_DIR/rtfb/sub-XX/func/<prefix>_desc-<Metric>_map.nii.gz (+ .json sidecar)
     OUT_DIR/rtfb/sub-XX/func/<prefix>_desc-brain_mask.nii.gz
+    OUT_DIR/rtfb/sub-XX/func/<prefix>_desc-clean_bold.nii.gz        (cleaned series, for ICA)
+    OUT_DIR/rtfb/sub-XX/func/<prefix>_desc-atlas_timeseries.tsv     (+ .json; with an atlas)
     OUT_DIR/rtfb/sub-XX/func/<prefix>_desc-confounds_timeseries.tsv  (motion, FD, censored)
     OUT_DIR/rtfb/sub-XX/<prefix>_done.json                          (resume marker)
 
@@ -33,13 +35,15 @@ from ..metrics import alff, degree_centrality, falff, malff, reho, seed_fc, vmhc
 from ..metrics.vmhc import _check_symmetric_grid
 from ..preprocess.pipeline import Preprocessor
 
-__all__ = ["DEFAULT_SPHERES", "AnalysisConfig", "PIPELINE_NAME", "default_seeds",
-           "preprocess_run", "process_subject", "resolve_seed_masks", "subject_outputs_dir"]
+__all__ = ["DEFAULT_SPHERES", "AnalysisConfig", "PIPELINE_NAME", "atlas_timeseries",
+           "default_atlas", "default_seeds", "preprocess_run", "process_subject",
+           "resolve_seed_masks", "subject_outputs_dir"]
 
 PIPELINE_NAME = "rtfb"
 #: MNI centres (mm) of the default insula seeds when the dataset has no ROI masks.
 DEFAULT_SPHERES = {"left_insula": (-38.0, 4.0, 2.0), "right_insula": (38.0, 4.0, 2.0)}
 _TRUTH_ROIS = "derivatives/truth/roi-{}.nii.gz"
+_TRUTH_ATLAS = "derivatives/truth/atlas.nii.gz"
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,12 @@ class AnalysisConfig:
         in MNI space). ``None``: :func:`default_seeds` of the dataset.
     seed_radius_mm : float
         Radius of sphere seeds.
+    atlas : str | None
+        Label image (any grid, nearest-neighbour resampled; names from the ``.tsv`` beside
+        it) whose regions' mean cleaned series are written for graph analyses; ``None``:
+        :func:`default_atlas` of the dataset; ``""``: no atlas.
+    save_clean : bool
+        Write the cleaned series (``desc-clean_bold``), needed by group ICA.
     realign, interpolation, smoothing_fwhm, drift, drift_order, motion_regressors, glm,
     fd_threshold
         :class:`~rtfb.preprocess.pipeline.Preprocessor` options (``glm`` cumulative by
@@ -71,6 +81,8 @@ class AnalysisConfig:
     dc_threshold: float = 0.25
     seeds: dict | None = None
     seed_radius_mm: float = 6.0
+    atlas: str | None = None
+    save_clean: bool = True
     realign: bool = True
     interpolation: str = "linear"
     smoothing_fwhm: float = 0.0
@@ -104,6 +116,12 @@ def default_seeds(bids_dir) -> dict:
     if all(p.is_file() for p in paths.values()):
         return {name: str(p) for name, p in paths.items()}
     return dict(DEFAULT_SPHERES)
+
+
+def default_atlas(bids_dir) -> str:
+    """The simulator cohort's atlas (``derivatives/truth/atlas.nii.gz``) if present, else ``""``."""
+    path = Path(bids_dir) / _TRUTH_ATLAS
+    return str(path) if path.is_file() else ""
 
 
 def subject_outputs_dir(out_dir, subject: str) -> Path:
@@ -289,6 +307,10 @@ def process_subject(bold_path, tr: float, out_dir, config: AnalysisConfig | None
         root = _bids_root(bold_path)
         seeds_spec = default_seeds(root) if root is not None else dict(DEFAULT_SPHERES)
     seed_masks = resolve_seed_masks(seeds_spec, mask, affine, config.seed_radius_mm)
+    atlas = config.atlas
+    if atlas is None:
+        root = _bids_root(bold_path)
+        atlas = default_atlas(root) if root is not None else ""
 
     band = [float(b) for b in config.band]
     alff_map = _scatter(alff(data, tr, config.band), mask)
@@ -352,6 +374,16 @@ def process_subject(bold_path, tr: float, out_dir, config: AnalysisConfig | None
     rel = f"func/{prefix}_desc-brain_mask.nii.gz"
     _save_map(mask, affine, sub_dir / rel, dtype=np.uint8)
     outputs["mask"] = rel
+    if config.save_clean:
+        rel = f"func/{prefix}_desc-clean_bold.nii.gz"
+        _save_map(grid, affine, sub_dir / rel)
+        outputs["clean"] = rel
+    if atlas:
+        rel = f"func/{prefix}_desc-atlas_timeseries.tsv"
+        table, sidecar = atlas_timeseries(data, mask, affine, atlas)
+        _atomic(sub_dir / rel, lambda tmp: tmp.write_text(table))
+        _save_json(sub_dir / rel.replace(".tsv", ".json"), {**sidecar, **common})
+        outputs["atlas"] = rel
     rel = f"func/{prefix}_desc-confounds_timeseries.tsv"
     lines = ["\t".join(["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z",
                         "framewise_displacement", "censored"])]
@@ -364,6 +396,48 @@ def process_subject(bold_path, tr: float, out_dir, config: AnalysisConfig | None
     paths = {k: sub_dir / rel for k, rel in outputs.items()}
     paths["done"] = marker
     return paths
+
+
+def atlas_timeseries(data: np.ndarray, mask: np.ndarray, affine: np.ndarray,
+                     atlas) -> tuple[str, dict]:
+    """Mean cleaned series of every atlas region, as a BIDS ``timeseries.tsv`` text.
+
+    Parameters
+    ----------
+    data : numpy.ndarray, shape (n_voxels, n_volumes)
+        Cleaned in-mask series.
+    mask : numpy.ndarray of bool, shape (X, Y, Z)
+        Brain mask (``data`` rows are its voxels in C order).
+    affine : numpy.ndarray, shape (4, 4)
+        Grid affine.
+    atlas : str | path-like
+        Label image (see :func:`rtfb.preprocess.masks.load_labels`).
+
+    Returns
+    -------
+    table : str
+        Tab-separated, one column per label (named), one row per volume; ``n/a`` for a
+        region without a voxel in the brain mask.
+    sidecar : dict
+        Atlas file, label numbers, names and in-mask voxel counts.
+    """
+    from ..preprocess.masks import load_labels
+
+    labels, names = load_labels(atlas, affine, mask.shape, name=Path(atlas).name)
+    in_mask = labels[mask]
+    columns, counts = [], {}
+    for lab, name in names.items():
+        sel = in_mask == lab
+        counts[name] = int(sel.sum())
+        columns.append(data[sel].mean(axis=0) if sel.any() else None)
+    n = data.shape[1]
+    rows = ["\t".join(names.values())]
+    for t in range(n):
+        rows.append("\t".join("n/a" if c is None else repr(float(c[t])) for c in columns))
+    sidecar = {"Atlas": str(atlas), "Labels": {name: int(lab) for lab, name in names.items()},
+               "VoxelsInMask": counts,
+               "Series": "mean of the cleaned in-mask voxels of each label (n/a: none)"}
+    return "\n".join(rows) + "\n", sidecar
 
 
 def _kernel(metric: str) -> str:

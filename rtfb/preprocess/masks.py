@@ -40,6 +40,7 @@ __all__ = [
     "mni_roi_to_native",
     "register_to_mni",
     "resample_roi",
+    "load_labels",
     "sphere_roi",
 ]
 
@@ -196,6 +197,81 @@ def load_mask(path_or_img, target_affine, target_shape, name: str | None = None)
             raise ValueError(f"mask {name!r} is empty: it selects no voxel.")
         return mask
     return resample_roi(img, affine, shape, interpolation="nearest", name=name)
+
+
+def load_labels(path_or_img, target_affine, target_shape,
+                name: str | None = None) -> tuple[np.ndarray, dict[int, str]]:
+    """Load an atlas (integer label image) on the functional grid, with its label names.
+
+    The image is resampled by nearest neighbour when its grid differs. Names come from a
+    table beside the image, same stem with ``.tsv`` (columns ``index`` and ``name``, as in
+    BIDS ``dseg.tsv``); labels without a name are called ``label-<n>``.
+
+    Parameters
+    ----------
+    path_or_img : str | os.PathLike | nibabel image
+        Label image; 0 (and negative values) are background.
+    target_affine : array-like, shape (4, 4)
+        Affine of the functional grid.
+    target_shape : tuple of int
+        Shape of the functional grid.
+    name : str | None
+        Name used in error messages (default: the file name).
+
+    Returns
+    -------
+    labels : numpy.ndarray of int32, shape target_shape
+        Label of every functional voxel.
+    names : dict of int to str
+        Every positive label of the *source* image (in increasing order) and its name;
+        labels lost in the resampling are still listed.
+
+    Raises
+    ------
+    ValueError
+        Non-integer values, no positive label, or a malformed names table (naming the file).
+    """
+    name = _img_name(path_or_img, name, "atlas")
+    affine, shape = _check_grid(target_affine, target_shape)
+    img = _load_img(path_or_img, "atlas")
+    data = _as_3d(img, f"atlas {name!r}")
+    if not np.issubdtype(data.dtype, np.integer):
+        finite = np.isfinite(data)
+        if not finite.all() or not np.array_equal(data, np.round(data)):
+            raise ValueError(f"atlas {name!r} must hold integer labels, got non-integer "
+                             "values.")
+    data = np.where(data > 0, data, 0).astype(np.int32)
+    present = np.unique(data[data > 0])
+    if present.size == 0:
+        raise ValueError(f"atlas {name!r} has no positive label.")
+    names = {int(v): f"label-{int(v)}" for v in present}
+    if isinstance(path_or_img, (str, os.PathLike)):
+        stem = Path(path_or_img).name.split(".")[0]
+        table = Path(path_or_img).with_name(stem + ".tsv")
+        if table.is_file():
+            names.update(_read_label_table(table, names))
+    if data.shape == shape and np.allclose(img.affine, affine, atol=1e-3):
+        return data, names
+    src = nib.Nifti1Image(data, img.affine)
+    out = np.asarray(resample_from_to(src, (shape, affine), order=0, mode="constant",
+                                      cval=0).dataobj)
+    return np.rint(out).astype(np.int32), names
+
+
+def _read_label_table(path: Path, labels: dict[int, str]) -> dict[int, str]:
+    lines = [ln.rstrip("\r\n").split("\t") for ln in path.read_text().splitlines() if ln.strip()]
+    if not lines or "index" not in lines[0] or "name" not in lines[0]:
+        raise ValueError(f"{path}: atlas label table needs 'index' and 'name' columns "
+                         f"(tab-separated), got header {lines[0] if lines else 'nothing'}.")
+    i_col, n_col = lines[0].index("index"), lines[0].index("name")
+    out = {}
+    for k, row in enumerate(lines[1:], start=2):
+        try:
+            out[int(row[i_col])] = row[n_col]
+        except (ValueError, IndexError):
+            raise ValueError(f"{path}: line {k}: expected an integer index and a name, got "
+                             f"{row}.") from None
+    return {lab: nm for lab, nm in out.items() if lab in labels}
 
 
 # ------------------------------------------------------------------------------ ROIs

@@ -46,7 +46,7 @@ def test_planted_insula_effect_found(planted, capsys):
     top = clusters[clusters["contrast"] == "patVsCon"].iloc[0]
     peak = np.round(np.linalg.inv(truth_roi.affine) @ [top.peak_x, top.peak_y, top.peak_z, 1])
     assert roi[tuple(peak[:3].astype(int))]
-    assert (out / "group" / "report.html").exists()
+    assert (out / "report.html").exists()
     # every subject has its maps in the derivatives layout
     maps = sorted((out / "rtfb").glob("sub-*/func/*_desc-ALFF_map.nii.gz"))
     assert len(maps) == 16

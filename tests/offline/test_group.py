@@ -219,7 +219,7 @@ def test_participants_indexed_like_read_participants(tmp_path):
 def test_report_sections_and_images(planted):
     deriv, _, res = planted
     path = write_group_report(deriv, res)
-    assert path == deriv / "group" / "report.html"
+    assert path == deriv / "report.html"
     text = path.read_text()
     for section in ("Methods", "Subjects", "Freedman-Lane", "Benjamini-Hochberg",
                     "patients &gt; controls", "VAS correlation", "Clusters",

@@ -1,6 +1,3 @@
-import argparse
-import time
-
 import numpy as np
 import pytest
 from scipy import stats
@@ -294,30 +291,6 @@ def test_cluster_table_errors():
 
 
 # ----------------------------------------------------------------------------- calibration
-
-
-def test_fwe_bench_runs_small(capsys):
-    parser = argparse.ArgumentParser()
-    fwe_bench.add_arguments(parser)
-    args = parser.parse_args(["--cohorts", "3", "--voxels", "50", "--permutations", "20",
-                              "--covariate"])
-    assert fwe_bench.run(args) == 0
-    out = capsys.readouterr().out
-    assert "family-wise false positives" in out and "binomial interval" in out
-
-
-@pytest.mark.slow
-def test_fwe_rate_calibrated_on_null_cohorts():
-    start = time.perf_counter()
-    for covariate in (False, True):
-        res = fwe_bench.fwe_calibration(n_cohorts=200, n_subjects=20, n_voxels=500,
-                                        n_permutations=200, smoothing=2.0, alpha=0.05,
-                                        covariate=covariate, seed=0)
-        lo, hi = stats.binom.interval(0.95, 200, 0.05)
-        print(f"covariate={covariate}: FWE rate {res['rate']:.3f} "
-              f"({res['n_false_positive']}/200, CI {res['rate_ci']}), {res['seconds']:.1f} s")
-        assert lo <= res["n_false_positive"] <= hi
-    print(f"total {time.perf_counter() - start:.1f} s")
 
 
 @pytest.mark.slow
