@@ -438,8 +438,8 @@ class TCPReceiver:
         conn.expect(_S_PREFIX, _PREFIX.size)
         self._conns[sock] = conn
         sel.register(sock, selectors.EVENT_READ, conn)
-        self._handoff.count("connections")
         logger.info("tcp: %s: connected", peer)
+        self._handoff.count("connections")
 
     def _close(self, sel: selectors.BaseSelector, conn: _Conn) -> None:
         self._conns.pop(conn.sock, None)
@@ -451,8 +451,8 @@ class TCPReceiver:
         conn.buf = None
 
     def _refuse(self, sel: selectors.BaseSelector, conn: _Conn, problem: str) -> None:
-        self._handoff.count("malformed")
         logger.warning("tcp: %s: frame refused, connection closed: %s", conn.peer, problem)
+        self._handoff.count("malformed")
         self._close(sel, conn)
 
     def _read(self, sel: selectors.BaseSelector, conn: _Conn) -> None:
@@ -521,17 +521,17 @@ class TCPReceiver:
         if not self._series_chosen:
             self._series, self._series_chosen = volume.series, True
         elif volume.series != self._series:
-            self._handoff.count("other_series")
             logger.warning("tcp: %s: volume %d ignored: belongs to another series than the "
                            "one followed", conn.peer, volume.index)
+            self._handoff.count("other_series")
             return
         status = self._handoff.submit(volume, seen=seen, complete=complete)
         if status == DUPLICATE:
-            self._handoff.count("duplicates")
             logger.warning("tcp: %s: volume %d ignored: duplicate, already received",
                            conn.peer, volume.index)
+            self._handoff.count("duplicates")
         elif status == OUT_OF_RANGE:
-            self._handoff.count("out_of_range")
             logger.warning("tcp: %s: volume %d ignored: more than max_ahead=%d beyond the "
                            "next expected volume %s", conn.peer, volume.index,
                            self._handoff.orderer.max_ahead, self._handoff.orderer.next_index)
+            self._handoff.count("out_of_range")

@@ -462,15 +462,15 @@ class FolderWatcher:
             logger.info("%s: following the series of this file", name)
             return True
         if series != self._series:
-            self._handoff.count("other_series")
             logger.warning("%s: ignored: belongs to another series than the one followed",
                            name)
+            self._handoff.count("other_series")
             return False
         return True
 
     def _duplicate(self, name: str, index: int) -> None:
-        self._handoff.count("duplicates")
         logger.warning("%s: ignored: duplicate of volume %d, already received", name, index)
+        self._handoff.count("duplicates")
 
     def _incomplete(self, f: _File, index: int | None, err: Exception) -> None:
         f.state = _PENDING
@@ -478,31 +478,32 @@ class FolderWatcher:
         if waited < self.incomplete_timeout:
             return  # still being written: retried when it changes or after retry_interval
         f.state = _STALLED
+        # log before counting: the count tells observers that the report has been made
+        logger.warning("%s: truncated: still incomplete %.1f s after its last change (%s); "
+                       "retried if it changes", f.name, waited, err)
         if "truncated" not in f.reported:
             f.reported.add("truncated")
             self._handoff.count("truncated")
-        logger.warning("%s: truncated: still incomplete %.1f s after its last change (%s); "
-                       "retried if it changes", f.name, waited, err)
         if index is not None:
             self._handoff.orderer.note(index, f"file {f.name} truncated")
 
     def _unreadable(self, f: _File, err: Exception) -> None:
         f.state = _FAILED
-        if "unreadable" not in f.reported:
-            f.reported.add("unreadable")
-            self._handoff.count("unreadable")
         if isinstance(err, IngestError):
             logger.warning("%s: unreadable (%s); ignored unless it changes", f.name, err)
         else:
             logger.warning("%s: reader error (%s: %s); ignored unless it changes", f.name,
                            type(err).__name__, err, exc_info=True)
+        if "unreadable" not in f.reported:
+            f.reported.add("unreadable")
+            self._handoff.count("unreadable")
 
     def _deliver(self, volume: Any, name: str, index: int, *, seen: float, complete: float,
                  mtime: float | None) -> None:
         if not isinstance(volume, Volume):
-            self._handoff.count("unreadable")
             logger.warning("%s: reader returned %s, not a Volume; ignored", name,
                            type(volume).__name__)
+            self._handoff.count("unreadable")
             return
         if volume.index != index:
             logger.warning("%s: probe said volume %d, reader said %d; using %d", name, index,
@@ -511,11 +512,11 @@ class FolderWatcher:
         if status == DUPLICATE:
             self._duplicate(name, volume.index)
         elif status == OUT_OF_RANGE:
-            self._handoff.count("out_of_range")
             logger.warning("%s: ignored: volume %d is more than max_ahead=%d beyond the next "
                            "expected volume %s (wrong index, or pass first_index)", name,
                            volume.index, self._handoff.orderer.max_ahead,
                            self._handoff.orderer.next_index)
+            self._handoff.count("out_of_range")
         elif status == LATE:
             pass  # logged when delivered
 
@@ -533,9 +534,9 @@ class FolderWatcher:
             return
         part = info.part
         if group.parts.get(part, f.name) != f.name:
-            self._handoff.count("duplicates")
             logger.warning("%s: ignored: duplicate of slice %s of volume %d (%s)", f.name, part,
                            index, group.parts[part])
+            self._handoff.count("duplicates")
             f.state = _DONE
             return
         group.parts[part] = f.name
@@ -555,10 +556,10 @@ class FolderWatcher:
             if len(group.parts) < group.n_parts:
                 if not group.reported and now - group.changed_at >= self.incomplete_timeout:
                     group.reported = True
-                    self._handoff.count("truncated")
                     logger.warning("volume %d: only %d of %d slices arrived (first %s); "
                                    "waiting for the rest", group.index, len(group.parts),
                                    group.n_parts, group.parts[min(group.parts)])
+                    self._handoff.count("truncated")
                     self._handoff.orderer.note(group.index, "slices missing")
                 continue
             if not group.retry and group.changed_at <= group.last_try:
@@ -573,20 +574,20 @@ class FolderWatcher:
             except IncompleteFileError as err:
                 if now - group.changed_at >= self.incomplete_timeout:
                     group.retry = False
-                    if not group.reported:
-                        group.reported = True
-                        self._handoff.count("truncated")
                     logger.warning("volume %d (%s...): truncated slices, still incomplete "
                                    "%.1f s after the last change (%s)", group.index, first,
                                    now - group.changed_at, err)
+                    if not group.reported:
+                        group.reported = True
+                        self._handoff.count("truncated")
                     self._handoff.orderer.note(group.index, f"slices of {first} truncated")
                 continue
             except Exception as err:
                 group.retry = False
-                self._handoff.count("unreadable")
                 kind = "unreadable" if isinstance(err, IngestError) else "reader error"
                 logger.warning("volume %d (%s...): slices %s (%s: %s); ignored unless they "
                                "change", group.index, first, kind, type(err).__name__, err)
+                self._handoff.count("unreadable")
                 continue
             complete = time.perf_counter()
             for n in names:
