@@ -3,7 +3,6 @@
 import nibabel as nib
 import numpy as np
 import pandas as pd
-import pytest
 
 from rtfb.cli import main
 from simulator.cohort import write_cohort
@@ -19,22 +18,16 @@ def _cohort(tmp_path, null):
 def _run(bids, tmp_path, capsys):
     out = tmp_path / f"deriv-{bids.name}"
     code = main(["analyze", str(bids), "--out", str(out), "--scheduler", "synchronous",
-                 "--quiet", "--metrics", "alff", "--permutations", "500"])
+                 "--quiet", "--metrics", "alff", "--permutations", "500",
+                 "--ica-components", "none", "--atlas", "none", "--classify-metric", ""])
     text = capsys.readouterr().out
     assert code == 0, text
     return out, text
 
 
-@pytest.fixture(scope="module")
-def planted(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("analyze")
-    return tmp, _cohort(tmp, null=False)
-
-
-def test_planted_insula_effect_found(planted, capsys):
-    tmp, bids = planted
-    out, text = _run(bids, tmp, capsys)
-    assert "group analysis" in text
+def test_planted_insula_effect_found(planted_cohort):
+    bids, out, text = planted_cohort.bids, planted_cohort.deriv, planted_cohort.stdout
+    assert "group analysis" in text and "ICA components" in text and "graph of" in text
     truth_roi = nib.load(bids / "derivatives" / "truth" / "roi-left_insula.nii.gz")
     roi = np.asarray(truth_roi.dataobj) > 0
     p_fwe = np.asarray(nib.load(out / "group" / "alff_patVsCon_pfwe.nii.gz").dataobj)
@@ -52,9 +45,8 @@ def test_planted_insula_effect_found(planted, capsys):
     assert len(maps) == 16
 
 
-def test_resume_skips_finished_subjects(planted, capsys):
-    tmp, bids = planted
-    out = tmp / f"deriv-{bids.name}"
+def test_resume_skips_finished_subjects(planted_cohort):
+    bids, out = planted_cohort.bids, planted_cohort.deriv
     before = {p: p.stat().st_mtime_ns for p in (out / "rtfb").glob("sub-*/func/*ALFF_map*")}
     assert before
     assert main(["analyze", str(bids), "--out", str(out), "--scheduler", "synchronous",
@@ -72,8 +64,8 @@ def test_null_cohort_finds_nothing_in_the_roi(tmp_path, capsys):
     assert not (p_fwe[roi] < 0.05).any()
 
 
-def test_bad_scheduler_address(tmp_path, capsys, planted):
-    _, bids = planted
+def test_bad_scheduler_address(tmp_path, capsys, planted_cohort):
+    bids = planted_cohort.bids
     code = main(["analyze", str(bids), "--out", str(tmp_path / "d"), "--scheduler",
                  "tcp://127.0.0.1:9", "--quiet", "--no-group"])
     assert code == 2
