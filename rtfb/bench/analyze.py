@@ -3,8 +3,9 @@
 A synthetic cohort (``simulator.cohort``) is written to a temporary folder and analysed
 from scratch with each number of worker processes (one thread each); the table gives the
 cluster start-up, a warm-up run (imports and cached numba kernels loaded in each worker),
-then the wall-clock time of the cohort, seconds per subject and the speed-up over the first
-worker count. The maps of every run are checked to be identical across runs.
+then the median wall-clock time of the whole cohort over ``--repeats`` runs from scratch
+(``overwrite=True``), seconds per subject and the speed-up (ratio of the medians) over the
+first worker count. The maps of every run are checked to be identical across runs.
 """
 
 from __future__ import annotations
@@ -33,11 +34,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--volumes", type=int, default=100)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2],
                         help="worker counts to compare (local cluster, processes)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed runs of the cohort per worker count (median reported)")
     parser.add_argument("--seed", type=int, default=0)
 
 
-def _time_workers(bids: Path, warmup: Path, out: Path, n_workers: int) -> tuple:
-    """(cluster start-up s, warm-up s, analysis s, results) on a fresh local cluster."""
+def _time_workers(bids: Path, warmup: Path, out: Path, n_workers: int, repeats: int) -> tuple:
+    """(cluster start-up s, warm-up s, analysis s of each repeat, results) on a fresh local
+    cluster; every repeat recomputes all subjects.
+    """
     from distributed import Client, LocalCluster
 
     from ..offline.run import _SINGLE_THREAD_ENV, analyze
@@ -51,13 +56,16 @@ def _time_workers(bids: Path, warmup: Path, out: Path, n_workers: int) -> tuple:
         # imports and cached numba kernels loaded in every worker: one tiny run per worker
         analyze(warmup, out / "warmup", scheduler=cluster.scheduler_address, progress=False)
         warmed = time.perf_counter()
-        results = analyze(bids, out / "deriv", scheduler=cluster.scheduler_address,
-                          progress=False)
-        done = time.perf_counter()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            results = analyze(bids, out / "deriv", scheduler=cluster.scheduler_address,
+                              overwrite=True, progress=False)
+            times.append(time.perf_counter() - t0)
     finally:
         client.close()
         cluster.close()
-    return started - start, warmed - started, done - warmed, results
+    return started - start, warmed - started, times, results
 
 
 def run(args: argparse.Namespace) -> int:
@@ -79,19 +87,20 @@ def run(args: argparse.Namespace) -> int:
         print(f"cohort written in {time.perf_counter() - start:.1f} s", flush=True)
         for n_workers in args.workers:
             print(f"analysing with {n_workers} worker(s) ...", flush=True)
-            startup, warm, elapsed, results = _time_workers(
-                bids, warmup, Path(tmp) / f"out-{n_workers}", n_workers)
+            startup, warm, times, results = _time_workers(
+                bids, warmup, Path(tmp) / f"out-{n_workers}", n_workers, args.repeats)
             maps = _maps(results)
             if reference is None:
                 reference = maps
             identical = maps.keys() == reference.keys() and all(
                 np.array_equal(maps[k], reference[k]) for k in reference)
-            rows.append((n_workers, startup, warm, elapsed, identical))
-    print("\n| workers | cluster start (s) | warm-up (s) | analysis (s) | s / subject | "
-          "speed-up | maps identical |")
+            rows.append((n_workers, startup, warm, float(np.median(times)), min(times),
+                         max(times), identical))
+    print(f"\n| workers | cluster start (s) | warm-up (s) | analysis median of {args.repeats} "
+          "(min-max) (s) | s / subject | speed-up | maps identical |")
     print("|---:|---:|---:|---:|---:|---:|---|")
-    for n_workers, startup, warm, elapsed, identical in rows:
-        print(f"| {n_workers} | {startup:.1f} | {warm:.1f} | {elapsed:.1f} | "
-              f"{elapsed / args.subjects:.2f} | {rows[0][3] / elapsed:.2f}x | "
+    for n_workers, startup, warm, median, low, high, identical in rows:
+        print(f"| {n_workers} | {startup:.1f} | {warm:.1f} | {median:.1f} ({low:.1f}-{high:.1f}) "
+              f"| {median / args.subjects:.2f} | {rows[0][3] / median:.2f}x | "
               f"{'yes' if identical else 'NO'} |")
     return 0 if all(r[4] for r in rows) else 1

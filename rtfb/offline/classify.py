@@ -9,11 +9,12 @@ are chosen by an inner :class:`~sklearn.model_selection.GridSearchCV` in each ou
 fold; the outer :class:`~sklearn.model_selection.StratifiedKFold` gives the accuracy.
 
 Confidence interval of the accuracy: a Student t interval over the outer folds,
-``mean ± t(0.975, K - 1) * sd / sqrt(K)``. The folds share training subjects, so the fold
-accuracies are not independent and the interval is approximate (usually somewhat narrow;
-Bengio & Grandvalet 2004). The permutation p-value (:func:`~sklearn.model_selection.
-permutation_test_score`, which reruns the *whole* nested procedure on permuted labels) is the
-test of above-chance accuracy to report: ``(1 + #{perm >= observed}) / (1 + n_permutations)``.
+``mean ± t(0.975, K - 1) * sd / sqrt(K)``, truncated to the possible range [0, 1]. The folds
+share training subjects, so the fold accuracies are not independent and the interval is
+approximate (usually somewhat narrow; Bengio & Grandvalet 2004). The permutation p-value
+(:func:`~sklearn.model_selection.permutation_test_score`, which reruns the *whole* nested
+procedure on permuted labels) is the test of above-chance accuracy to report:
+``(1 + #{perm >= observed}) / (1 + n_permutations)``.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ class ClassificationResult:
     mean_accuracy : float
         Mean of ``fold_accuracies``.
     ci : tuple of float
-        Approximate 95% t interval of the mean over the outer folds.
+        Approximate 95% t interval of the mean over the outer folds, truncated to [0, 1].
     p_value : float | None
         Permutation p-value of ``mean_accuracy`` (None if ``n_permutations == 0``).
     permutation_scores : numpy.ndarray, shape (n_permutations,)
@@ -277,7 +278,7 @@ def classify(
     return ClassificationResult(
         fold_accuracies=folds,
         mean_accuracy=float(folds.mean()),
-        ci=t_interval(folds),
+        ci=tuple(float(v) for v in np.clip(t_interval(folds), 0.0, 1.0)),
         p_value=p_value,
         permutation_scores=np.asarray(perm_scores, dtype=float),
         chance=float(counts.max() / counts.sum()),

@@ -63,6 +63,9 @@ def test_planted_features_are_found():
                       n_outer=5, n_inner=3, n_permutations=0, random_state=0)
     assert result.mean_accuracy > 0.8
     assert result.ci[0] > 0.5
+    # the t interval, truncated to the possible range of an accuracy
+    low, high = t_interval(result.fold_accuracies)
+    assert result.ci == (max(low, 0.0), min(high, 1.0))
     assert result.p_value is None and result.permutation_scores.size == 0
     assert all(set(p) == {"clf__C", "select__k"} for p in result.best_params)
 
