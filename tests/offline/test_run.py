@@ -50,15 +50,31 @@ def test_synchronous_layout(synchronous, cohort):
         np.testing.assert_array_equal(got[key], exp[key], err_msg=key)
 
 
-def test_local_cluster_equals_synchronous(synchronous, cohort, tmp_path):
-    _, sync = synchronous
-    results = analyze(cohort, tmp_path, n_workers=2, progress=False)
-    assert results.keys() == sync.keys()
-    for prefix in sync:
-        a, b = _maps(sync[prefix]), _maps(results[prefix])
+def _assert_same_maps(expected, results):
+    assert results.keys() == expected.keys()
+    for prefix in expected:
+        a, b = _maps(expected[prefix]), _maps(results[prefix])
         assert a.keys() == b.keys()
         for key in a:
             np.testing.assert_array_equal(a[key], b[key], err_msg=f"{prefix} {key}")
+
+
+def test_local_cluster_equals_synchronous(synchronous, cohort, tmp_path):
+    results = analyze(cohort, tmp_path, n_workers=2, progress=False)
+    _assert_same_maps(synchronous[1], results)
+
+
+def test_existing_scheduler_equals_synchronous(synchronous, cohort, tmp_path):
+    """``scheduler=ADDRESS``: the tasks run on a cluster started elsewhere, left running."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster:
+        results = analyze(cohort, tmp_path, scheduler=cluster.scheduler_address,
+                          progress=False)
+        with Client(cluster.scheduler_address, timeout=10) as client:
+            assert len(client.scheduler_info()["workers"]) == 1  # still up after analyze
+    _assert_same_maps(synchronous[1], results)
 
 
 def test_resume_and_overwrite(synchronous, cohort, tmp_path):
