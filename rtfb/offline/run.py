@@ -227,17 +227,46 @@ def _ica_components(value: str) -> int | str | None:
     return n
 
 
+def _seed_roi(text: str) -> tuple[str, str | tuple[float, float, float]]:
+    """``NAME=MASK.nii.gz`` or ``NAME=X,Y,Z`` (MNI centre in mm) for ``--seed-roi``."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip() or not value.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=MASK or NAME=X,Y,Z, got {text!r}")
+    parts = value.split(",")
+    if len(parts) == 1:
+        return name.strip(), str(Path(value.strip()).resolve())
+    try:
+        centre = tuple(float(v) for v in parts)
+    except ValueError:
+        centre = ()
+    if len(centre) != 3:
+        raise argparse.ArgumentTypeError(f"{name}: expected a mask file or 3 comma-separated "
+                                         f"MNI coordinates in mm, got {value!r}")
+    return name.strip(), centre
+
+
 def analyze_command(args: argparse.Namespace) -> int:
     """Entry point of ``rtfb analyze``."""
     from .bids import BIDSError
 
-    config = None
+    options = {}
     if args.atlas is not None:
         atlas = "" if args.atlas == "none" else str(Path(args.atlas).resolve())
         if atlas and not Path(atlas).is_file():
             print(f"rtfb analyze: error: --atlas: no such file {args.atlas}")
             return 2
-        config = AnalysisConfig(atlas=atlas)
+        options["atlas"] = atlas
+    if args.seed_roi:
+        seeds = dict(args.seed_roi)
+        if len(seeds) < len(args.seed_roi):
+            print("rtfb analyze: error: --seed-roi: a seed name is given twice")
+            return 2
+        for name, value in seeds.items():
+            if isinstance(value, str) and not Path(value).is_file():
+                print(f"rtfb analyze: error: --seed-roi {name}: no such file {value}")
+                return 2
+        options["seeds"] = seeds
+    config = AnalysisConfig(**options) if options else None
     try:
         results = analyze(args.bids_dir, args.out, participants=args.participants,
                           config=config, scheduler=args.scheduler, n_workers=args.n_workers,
@@ -320,6 +349,10 @@ def add_analyze_parser(sub) -> None:
                    help="permutations of the max-statistic FWE correction (default 1000)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the permutations, ICA and cross-validation folds")
+    p.add_argument("--seed-roi", type=_seed_roi, action="append", metavar="NAME=ROI",
+                   help="seed of the seed-FC maps, repeatable: NAME=MASK.nii.gz (resampled "
+                        "to each run) or NAME=X,Y,Z (MNI centre in mm, sphere of 6 mm; data "
+                        "in MNI space); default: left and right insula")
     p.add_argument("--atlas", metavar="LABELS",
                    help="label image for the ROI-graph analysis (names from LABELS' .tsv); "
                         "default: the simulator cohort's derivatives/truth/atlas.nii.gz if "

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from rtfb.offline.run import AnalysisError, add_analyze_parser, analyze
-from rtfb.offline.subject import process_subject
+from rtfb.offline.subject import AnalysisConfig, process_subject
 
 from ._cohort_data import write_tiny_cohort
 
@@ -134,3 +134,49 @@ def test_cli_parser(cohort, tmp_path, capsys):
     args = parser.parse_args(["analyze", str(tmp_path), "--out", str(tmp_path / "d")])
     assert args.func(args) == 2
     assert "no functional run" in capsys.readouterr().out
+
+
+def test_cli_seed_rois(cohort, tmp_path, capsys):
+    from rtfb.cli import main
+
+    img = nib.load(cohort / "derivatives/truth/roi-left_insula.nii.gz")
+    mask = tmp_path / "myseed.nii.gz"
+    nib.save(nib.Nifti1Image((np.asarray(img.dataobj) > 0).astype("uint8"), img.affine), mask)
+    bold = cohort / "sub-01/func/sub-01_task-rest_bold.nii.gz"
+    centre = (nib.load(bold).affine @ [8, 8, 5, 1])[:3]
+    out = tmp_path / "deriv"
+    code = main(["analyze", str(cohort), "--out", str(out), "--scheduler", "synchronous",
+                 "--quiet", "--no-group", "--seed-roi", f"my_seed={mask}",
+                 "--seed-roi", "mid=" + ",".join(f"{v:g}" for v in centre)])
+    assert code == 0, capsys.readouterr().out
+    func = out / "rtfb/sub-01/func"
+    assert sorted(p.name for p in func.glob("*_desc-FC*_map.nii.gz")) == [
+        "sub-01_task-rest_desc-FCMid_map.nii.gz", "sub-01_task-rest_desc-FCMySeed_map.nii.gz"]
+    config = AnalysisConfig(seeds={"my_seed": str(mask), "mid": tuple(centre)})
+    direct = process_subject(bold, 2.0, tmp_path / "direct", config=config)
+    for key in ("FCMySeed", "FCMid"):
+        np.testing.assert_array_equal(
+            np.asarray(nib.load(func / f"sub-01_task-rest_desc-{key}_map.nii.gz").dataobj),
+            np.asarray(nib.load(direct[key]).dataobj), err_msg=key)
+
+
+@pytest.mark.parametrize("value, message", [
+    ("noequals", "expected NAME=MASK or NAME=X,Y,Z"),
+    ("pcc=1,2", "pcc: expected a mask file or 3 comma-separated"),
+    ("pcc=a,b,c", "pcc: expected a mask file or 3 comma-separated"),
+])
+def test_cli_seed_roi_bad_format(cohort, tmp_path, capsys, value, message):
+    from rtfb.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["analyze", str(cohort), "--out", str(tmp_path), "--seed-roi", value])
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_seed_roi_missing_file(cohort, tmp_path, capsys):
+    from rtfb.cli import main
+
+    assert main(["analyze", str(cohort), "--out", str(tmp_path), "--seed-roi",
+                 "pcc=nowhere.nii.gz"]) == 2
+    assert "--seed-roi pcc: no such file" in capsys.readouterr().out
