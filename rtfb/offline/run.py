@@ -249,6 +249,15 @@ def analyze_command(args: argparse.Namespace) -> int:
     """Entry point of ``rtfb analyze``."""
     from .bids import BIDSError
 
+    bad = [f"{flag} must be {rule}, got {value}" for flag, value, ok, rule in (
+        ("--permutations", args.permutations, args.permutations >= 1, ">= 1"),
+        ("--classify-permutations", args.classify_permutations,
+         args.classify_permutations >= 0, ">= 0"),
+        ("--density", args.density, 0 < args.density <= 1, "in (0, 1]"),
+    ) if not ok]
+    if bad:  # checked before hours of subject maps, not after
+        print(f"rtfb analyze: error: {'; '.join(bad)}")
+        return 2
     options = {}
     if args.atlas is not None:
         atlas = "" if args.atlas == "none" else str(Path(args.atlas).resolve())
@@ -288,7 +297,8 @@ def analyze_command(args: argparse.Namespace) -> int:
     try:
         group = group_analysis(args.out, dataset.participants, metrics=tuple(args.metrics),
                                n_permutations=args.permutations, seed=args.seed,
-                               classify_metric=args.classify_metric or None)
+                               classify_metric=args.classify_metric or None,
+                               classify_permutations=args.classify_permutations)
     except (ValueError, FileNotFoundError) as err:
         print(f"rtfb analyze: group analysis: {err}")
         return 2
@@ -365,4 +375,7 @@ def add_analyze_parser(sub) -> None:
     p.add_argument("--classify-metric", default="alff", metavar="METRIC",
                    help="map whose voxels are the classification features (default alff; "
                         "'' to skip)")
+    p.add_argument("--classify-permutations", type=int, default=100, metavar="N",
+                   help="label permutations of the classification p-value, each rerunning "
+                        "the nested cross-validation (default 100; 0 to skip)")
     p.set_defaults(func=analyze_command, command_parser=p)

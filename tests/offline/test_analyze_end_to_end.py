@@ -19,7 +19,8 @@ def _run(bids, tmp_path, capsys):
     out = tmp_path / f"deriv-{bids.name}"
     code = main(["analyze", str(bids), "--out", str(out), "--scheduler", "synchronous",
                  "--quiet", "--metrics", "alff", "--permutations", "500",
-                 "--ica-components", "none", "--atlas", "none", "--classify-metric", ""])
+                 "--ica-components", "none", "--atlas", "none", "--classify-permutations",
+                 "19"])
     text = capsys.readouterr().out
     assert code == 0, text
     return out, text
@@ -43,6 +44,17 @@ def test_planted_insula_effect_found(planted_cohort):
     # every subject has its maps in the derivatives layout
     maps = sorted((out / "rtfb").glob("sub-*/func/*_desc-ALFF_map.nii.gz"))
     assert len(maps) == 16
+    # the nested-CV classifier of the ALFF maps is clearly above chance
+    row = _classification(out)
+    assert row["value"] >= 0.8 and row["ci_low"] > row["chance"] == 0.5
+    assert row["p_value"] < 0.05
+
+
+def _classification(out):
+    table = pd.read_csv(out / "group" / "classification.tsv", sep="\t")
+    row = table.set_index("analysis").loc["patients vs controls"]
+    assert 0 <= row["ci_low"] <= row["value"] <= row["ci_high"] <= 1
+    return row
 
 
 def test_resume_skips_finished_subjects(planted_cohort):
@@ -62,6 +74,10 @@ def test_null_cohort_finds_nothing_in_the_roi(tmp_path, capsys):
     roi = np.asarray(nib.load(bids / "derivatives" / "truth" /
                               "roi-left_insula.nii.gz").dataobj) > 0
     assert not (p_fwe[roi] < 0.05).any()
+    # no leakage: on the null cohort the accuracy is at chance, within its interval
+    row = _classification(out)
+    assert row["ci_low"] <= row["chance"] <= row["ci_high"]
+    assert row["p_value"] > 0.05
 
 
 def test_bad_scheduler_address(tmp_path, capsys, planted_cohort):

@@ -180,3 +180,17 @@ def test_cli_seed_roi_missing_file(cohort, tmp_path, capsys):
     assert main(["analyze", str(cohort), "--out", str(tmp_path), "--seed-roi",
                  "pcc=nowhere.nii.gz"]) == 2
     assert "--seed-roi pcc: no such file" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--permutations", "0", "--permutations must be >= 1, got 0"),
+    ("--classify-permutations", "-1", "--classify-permutations must be >= 0, got -1"),
+    ("--density", "1.5", "--density must be in (0, 1], got 1.5"),
+])
+def test_cli_group_options_checked_before_any_work(cohort, tmp_path, capsys, flag, value,
+                                                   message):
+    from rtfb.cli import main
+
+    assert main(["analyze", str(cohort), "--out", str(tmp_path / "d"), flag, value]) == 2
+    assert message in capsys.readouterr().out
+    assert not (tmp_path / "d").exists()
