@@ -103,4 +103,4 @@ def run(args: argparse.Namespace) -> int:
         print(f"| {n_workers} | {startup:.1f} | {warm:.1f} | {median:.1f} ({low:.1f}-{high:.1f}) "
               f"| {median / args.subjects:.2f} | {rows[0][3] / median:.2f}x | "
               f"{'yes' if identical else 'NO'} |")
-    return 0 if all(r[4] for r in rows) else 1
+    return 0 if all(identical for *_, identical in rows) else 1
