@@ -6,7 +6,7 @@ Arrays have time on the last axis (nibabel's 4D convention); computations are fl
 """
 
 from .alff import SlidingALFF, alff, band_bins, falff, malff, zalff
-from .centrality import degree_centrality
+from .centrality import degree_centralities, degree_centrality
 from .psc import SlidingPSC, psc
 from .reho import SlidingReHo, neighbor_offsets, reho
 from .seed_fc import SlidingSeedFC, fisher_z, seed_fc
@@ -19,6 +19,7 @@ __all__ = [
     "SlidingSeedFC",
     "alff",
     "band_bins",
+    "degree_centralities",
     "degree_centrality",
     "falff",
     "fisher_z",

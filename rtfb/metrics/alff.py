@@ -1,21 +1,39 @@
 """ALFF, fALFF and their normalisations (Zang 2007; Zou 2008), batch and sliding.
 
-Definitions follow METHODS.md exactly: per window of ``n`` volumes the linear trend
-is removed by least squares, ``A_k = 2 |X_k| / n`` for ``k = 0 .. n // 2`` with
-``f_k = k / (n TR)``, ALFF is the mean of ``A_k`` over the band (bounds inclusive),
-fALFF the sum over the band divided by the sum over ``k = 1 .. n // 2``. No band-pass
-filtering is applied. A series that is constant over the window has ALFF = fALFF = 0.
+Definitions follow METHODS.md exactly (``convention="rtfb"``): per window of ``n``
+volumes the linear trend is removed by least squares, ``A_k = 2 |X_k| / n`` for
+``k = 0 .. n // 2`` with ``f_k = k / (n TR)``, ALFF is the mean of ``A_k`` over the band
+(bounds inclusive), fALFF the sum over the band divided by the sum over
+``k = 1 .. n // 2``. No band-pass filtering is applied. A series that is constant over
+the window has ALFF = fALFF = 0.
+
+``convention="dpabi"`` reproduces DPABI's ``y_alff_falff``: the detrended series is
+zero-padded to the next power of two ``P`` (still divided by the unpadded ``n``), the band
+is bins ``ceil(L P TR) .. fix(H P TR)`` (:func:`rtfb.preprocess.bandpass.dpabi_band_indices`)
+and fALFF's denominator is bins ``1 .. P / 2``; mALFF/zALFF use the sample standard
+deviation (ddof 1). ``convention="cpac"`` follows C-PAC: ALFF is the standard deviation
+(ddof 0) of the band-passed series (:func:`rtfb.preprocess.bandpass`, ideal filter,
+padded) and fALFF the ratio of that to the standard deviation of the detrended series, i.e.
+the square root of a power ratio.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .._utils.checks import check_finite_array, check_mask, check_positive_number
+from .._utils.checks import (
+    _check_option,
+    check_finite_array,
+    check_mask,
+    check_positive_number,
+)
 from .._utils.jit import pjit, prange
+from ..preprocess.bandpass import bandpass, dpabi_band_indices, linear_detrend
 from ._sliding import SlidingState
 
 _BAND_RTOL = 1e-9  # f_k equal to a band edge up to rounding counts as inside
+CONVENTIONS = ("rtfb", "dpabi", "cpac")
+NORM_CONVENTIONS = ("rtfb", "dpabi")
 
 
 def _check_band(band) -> tuple[float, float]:
@@ -73,30 +91,54 @@ def _check_timeseries(ts, tr, band):
     return ts, band_bins(n, tr, band)
 
 
-def _amplitudes(ts: np.ndarray) -> np.ndarray:
-    """Amplitudes ``A_k`` for ``k = 1 .. n // 2`` of the linearly detrended series."""
+def _amplitudes(ts: np.ndarray, n_fft: int | None = None) -> np.ndarray:
+    """Amplitudes ``2 |X_k| / n`` for ``k = 1 .. n_fft // 2`` of the linearly detrended series.
+
+    ``n_fft`` > ``n`` zero-pads the detrended series (DPABI); ``n`` stays the divisor.
+    """
     n = ts.shape[-1]
-    t = np.arange(n, dtype=np.float64)
-    t -= t.mean()
-    centred = ts - ts.mean(axis=-1, keepdims=True)
-    slope = centred @ t / (t @ t)
-    resid = centred - slope[..., None] * t
-    return 2.0 * np.abs(np.fft.rfft(resid, axis=-1)[..., 1:]) / n
+    resid = linear_detrend(ts)
+    return 2.0 * np.abs(np.fft.rfft(resid, n=n_fft, axis=-1)[..., 1:]) / n
 
 
-def _alff_falff(ts, tr, band):
-    ts, sel = _check_timeseries(ts, tr, band)
-    amp = _amplitudes(ts)
+def _alff_falff(ts, tr, band, convention="rtfb"):
+    _check_option("convention", convention, CONVENTIONS)
+    if convention == "rtfb":
+        ts, sel = _check_timeseries(ts, tr, band)
+        amp = _amplitudes(ts)
+        n_sel = sel.sum()
+    else:
+        ts = check_finite_array(ts, "ts", min_ndim=1)
+        n = ts.shape[-1]
+        if n < 3:
+            raise ValueError(f"ts must have at least 3 time points on its last axis, got {n}.")
+        if convention == "cpac":
+            return _cpac_alff_falff(ts, tr, band)
+        p, k_low, k_high = dpabi_band_indices(n, tr, band)
+        amp = _amplitudes(ts, p)  # bins 1 .. P/2
+        sel = np.zeros(p // 2, dtype=bool)
+        sel[max(k_low, 1) - 1:k_high] = True
+        n_sel = k_high - k_low + 1  # DPABI's mean counts the DC bin when low = 0
     in_band = amp[..., sel].sum(axis=-1)
     total = amp.sum(axis=-1)
     constant = np.ptp(ts, axis=-1) == 0
-    alff_ = np.where(constant, 0.0, in_band / sel.sum())
+    alff_ = np.where(constant, 0.0, in_band / n_sel)
     with np.errstate(invalid="ignore", divide="ignore"):
         falff_ = np.where(constant, 0.0, in_band / total)
     return alff_, falff_
 
 
-def alff(ts, tr: float, band=(0.01, 0.08)) -> np.ndarray:
+def _cpac_alff_falff(ts, tr, band):
+    filtered = bandpass(ts, tr, band, convention="cpac")
+    sd_band = filtered.std(axis=-1)
+    sd_all = linear_detrend(ts).std(axis=-1)
+    constant = np.ptp(ts, axis=-1) == 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        falff_ = np.where(constant, 0.0, sd_band / np.where(constant, 1.0, sd_all))
+    return np.where(constant, 0.0, sd_band), falff_
+
+
+def alff(ts, tr: float, band=(0.01, 0.08), convention: str = "rtfb") -> np.ndarray:
     """Amplitude of low-frequency fluctuations.
 
     Parameters
@@ -106,17 +148,21 @@ def alff(ts, tr: float, band=(0.01, 0.08)) -> np.ndarray:
     tr : float
         Repetition time in seconds (> 0).
     band : tuple of float
-        Inclusive frequency band in Hz.
+        Frequency band in Hz (inclusive; ``"dpabi"``: DPABI's bin rounding).
+    convention : {"rtfb", "dpabi", "cpac"}
+        Whose definition (module docstring): rtfb's unpadded DFT, DPABI's
+        ``y_alff_falff`` (zero-padded to the next power of two) or C-PAC's standard
+        deviation of the band-passed series.
 
     Returns
     -------
     numpy.ndarray, shape (...)
         ALFF; 0 for series constant in time.
     """
-    return _alff_falff(ts, tr, band)[0]
+    return _alff_falff(ts, tr, band, convention)[0]
 
 
-def falff(ts, tr: float, band=(0.01, 0.08)) -> np.ndarray:
+def falff(ts, tr: float, band=(0.01, 0.08), convention: str = "rtfb") -> np.ndarray:
     """Fractional ALFF: band amplitude over the amplitude of all bins ``1 .. n // 2``.
 
     Parameters
@@ -126,14 +172,17 @@ def falff(ts, tr: float, band=(0.01, 0.08)) -> np.ndarray:
     tr : float
         Repetition time in seconds (> 0).
     band : tuple of float
-        Inclusive frequency band in Hz.
+        Frequency band in Hz (inclusive; ``"dpabi"``: DPABI's bin rounding).
+    convention : {"rtfb", "dpabi", "cpac"}
+        As in :func:`alff`; ``"dpabi"`` sums bins ``1 .. P / 2`` of the padded DFT,
+        ``"cpac"`` is the ratio of standard deviations (square root of a power ratio).
 
     Returns
     -------
     numpy.ndarray, shape (...)
         fALFF in [0, 1]; 0 for series constant in time.
     """
-    return _alff_falff(ts, tr, band)[1]
+    return _alff_falff(ts, tr, band, convention)[1]
 
 
 def _mask_stats(values, mask):
@@ -142,7 +191,7 @@ def _mask_stats(values, mask):
     return values, mask, values[mask]
 
 
-def malff(values, mask=None) -> np.ndarray:
+def malff(values, mask=None, convention: str = "rtfb") -> np.ndarray:
     """Divide a map by its mean within ``mask`` (mALFF from ALFF; also for fALFF).
 
     Parameters
@@ -151,12 +200,15 @@ def malff(values, mask=None) -> np.ndarray:
         Map (e.g. ALFF) of any shape.
     mask : array-like of bool | None
         Brain mask of the same shape; ``None`` uses every voxel.
+    convention : {"rtfb", "dpabi"}
+        Accepted for symmetry with :func:`zalff`: both divide by the mean.
 
     Returns
     -------
     numpy.ndarray
         Normalised map, 0 outside the mask.
     """
+    _check_option("convention", convention, NORM_CONVENTIONS)
     values, mask, inside = _mask_stats(values, mask)
     mean = inside.mean()
     if mean == 0:
@@ -164,7 +216,7 @@ def malff(values, mask=None) -> np.ndarray:
     return np.where(mask, values / mean, 0.0)
 
 
-def zalff(values, mask=None) -> np.ndarray:
+def zalff(values, mask=None, convention: str = "rtfb") -> np.ndarray:
     """Z-score a map within ``mask``: ``(value - mean) / std`` (zALFF from ALFF).
 
     Parameters
@@ -173,14 +225,18 @@ def zalff(values, mask=None) -> np.ndarray:
         Map (e.g. ALFF) of any shape.
     mask : array-like of bool | None
         Brain mask of the same shape; ``None`` uses every voxel.
+    convention : {"rtfb", "dpabi"}
+        ``"rtfb"``: population standard deviation (ddof 0); ``"dpabi"`` (DPARSF's zALFF):
+        sample standard deviation (ddof 1).
 
     Returns
     -------
     numpy.ndarray
         Standardised map, 0 outside the mask.
     """
+    _check_option("convention", convention, NORM_CONVENTIONS)
     values, mask, inside = _mask_stats(values, mask)
-    std = inside.std()
+    std = inside.std(ddof=0 if convention == "rtfb" else 1)
     if std == 0:
         raise ValueError("values are constant inside the mask; zALFF is undefined.")
     return np.where(mask, (values - inside.mean()) / std, 0.0)

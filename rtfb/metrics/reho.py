@@ -4,7 +4,10 @@ For a voxel and its neighbourhood (7, 19 or 27 voxels including itself; neighbou
 outside the mask are left out, ``K`` = number kept), each series is ranked over time
 (ties get average ranks), ``R_t`` is the sum of the ``K`` ranks at time ``t`` and
 ``W = 12 sum_t (R_t - K (n + 1) / 2) ** 2 / (K ** 2 (n ** 3 - n))`` (METHODS.md; no
-tie correction). Voxels outside the mask get 0.
+tie correction). Voxels outside the mask get 0. With ``convention="dpabi"`` (DPABI's
+``y_reho``, also C-PAC's) the voxels on the faces of the volume, whose cube leaves the
+grid, are left 0 as well; rtfb (like AFNI's 3dReHo) computes them from the neighbours that
+exist.
 
 Both implementations use the doubled, centred rank ``q_t = 2 r_t - (n + 1)``, an
 integer even with ties, so that neighbourhood sums are exact:
@@ -22,6 +25,7 @@ from .._utils.jit import pjit, prange
 from ._sliding import SlidingState
 
 NEIGHBORHOODS = (7, 19, 27)
+CONVENTIONS = ("rtfb", "dpabi")
 
 
 def neighbor_offsets(neighborhood: int = 27) -> np.ndarray:
@@ -83,7 +87,7 @@ def _neighborhood_sum(grid: np.ndarray, neighborhood: int) -> np.ndarray:
     return out
 
 
-def reho(data4d, mask=None, neighborhood: int = 27) -> np.ndarray:
+def reho(data4d, mask=None, neighborhood: int = 27, convention: str = "rtfb") -> np.ndarray:
     """Regional homogeneity (Kendall's W) map of a 4D series.
 
     Parameters
@@ -94,6 +98,8 @@ def reho(data4d, mask=None, neighborhood: int = 27) -> np.ndarray:
         Voxels to use; neighbours outside it are left out. ``None`` uses all.
     neighborhood : int
         7, 19 or 27 voxels including the centre.
+    convention : {"rtfb", "dpabi"}
+        ``"dpabi"`` leaves the voxels on the volume's faces 0, as DPABI's ``y_reho``.
 
     Returns
     -------
@@ -102,17 +108,24 @@ def reho(data4d, mask=None, neighborhood: int = 27) -> np.ndarray:
     """
     data = check_finite_array(data4d, "data4d", ndim=4)
     _check_option("neighborhood", neighborhood, NEIGHBORHOODS)
+    _check_option("convention", convention, CONVENTIONS)
     n = data.shape[-1]
     if n < 2:
         raise ValueError(f"data4d must have at least 2 time points, got {n}.")
     mask = check_mask(mask, data.shape[:3])
+    if convention == "dpabi":
+        inner = np.zeros_like(mask)
+        inner[1:-1, 1:-1, 1:-1] = True
+        centres = mask & inner
+    else:
+        centres = mask
     q = np.zeros(data.shape, dtype=np.float64)
     q[mask] = 2.0 * rankdata(data[mask], axis=-1) - (n + 1)
     big_q = _neighborhood_sum(q, neighborhood)
     counts = _neighborhood_sum(mask.astype(np.float64), neighborhood)
     out = np.zeros(data.shape[:3])
-    out[mask] = 3.0 * np.einsum("vt,vt->v", big_q[mask], big_q[mask]) / (
-        counts[mask] ** 2 * (n**3 - n)
+    out[centres] = 3.0 * np.einsum("vt,vt->v", big_q[centres], big_q[centres]) / (
+        counts[centres] ** 2 * (n**3 - n)
     )
     return out
 

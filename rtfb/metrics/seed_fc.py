@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._utils.checks import check_finite_array
+from .._utils.checks import _check_option, check_finite_array
 from .._utils.jit import pjit, prange
 from ._sliding import SlidingState
 
 R_CLIP = 1.0 - 1e-7
+CONVENTIONS = ("rtfb", "dpabi")
 
 
 def fisher_z(r) -> np.ndarray:
@@ -20,7 +21,7 @@ def fisher_z(r) -> np.ndarray:
     return np.arctanh(np.clip(r, -R_CLIP, R_CLIP))
 
 
-def seed_fc(seed, voxels) -> np.ndarray:
+def seed_fc(seed, voxels, convention: str = "rtfb") -> np.ndarray:
     """Fisher z of the correlation between a seed series and each voxel series.
 
     Parameters
@@ -29,12 +30,16 @@ def seed_fc(seed, voxels) -> np.ndarray:
         Seed series (e.g. mean of the seed ROI's voxels).
     voxels : array-like, shape (..., n)
         Series to correlate with the seed, time on the last axis.
+    convention : {"rtfb", "dpabi"}
+        ``"rtfb"``: :func:`fisher_z` (``r`` clipped to ``±(1 - 1e-7)``); ``"dpabi"``
+        (``y_SCA``'s zFC): ``0.5 log((1 + r) / (1 - r))`` unclipped (``r = 1``: inf).
 
     Returns
     -------
     numpy.ndarray, shape (...)
         Fisher z; 0 where the seed or the voxel is constant.
     """
+    _check_option("convention", convention, CONVENTIONS)
     seed = check_finite_array(seed, "seed", ndim=1)
     voxels = check_finite_array(voxels, "voxels", min_ndim=1)
     n = seed.size
@@ -52,6 +57,9 @@ def seed_fc(seed, voxels) -> np.ndarray:
     constant = (np.ptp(voxels, axis=-1) == 0) | (np.ptp(seed) == 0)
     with np.errstate(invalid="ignore", divide="ignore"):
         r = np.where(constant, 0.0, cov / np.where(constant, 1.0, norm))
+        if convention == "dpabi":
+            r = np.clip(r, -1.0, 1.0)  # rounding: |r| = 1 + eps is |r| = 1 (z = +-inf)
+            return 0.5 * np.log((1.0 + r) / (1.0 - r))
     return fisher_z(r)
 
 
