@@ -34,6 +34,7 @@ from ._sliding import SlidingState
 _BAND_RTOL = 1e-9  # f_k equal to a band edge up to rounding counts as inside
 CONVENTIONS = ("rtfb", "dpabi", "cpac")
 NORM_CONVENTIONS = ("rtfb", "dpabi")
+SLIDING_CONVENTIONS = ("rtfb", "dpabi")
 
 
 def _check_band(band) -> tuple[float, float]:
@@ -292,6 +293,62 @@ def _alff_update(x, ref, buf, last, runlen, s0, s1, yr, yi, pr, pi, er, ei, sel,
         falff_out[j] = in_band / total if total > 0 else 0.0
 
 
+@pjit
+def _alff_update_padded(x, ref, buf, last, runlen, s0, s1, yr, yi, pr, pi, dr, di, rr, ri,
+                        sel, n_sel, slot, n_seen, alff_out, falff_out):
+    """DPABI's zero-padded ALFF: the DFT kept in the frame of absolute time modulo ``P``."""
+    n = buf.shape[1]
+    p_len, n_bins = pr.shape
+    full_after = n_seen + 1 >= n
+    p_new = n_seen % p_len  # phase of the new sample's absolute time
+    p_old = (n_seen - n) % p_len  # phase of the outgoing sample (when the window is full)
+    head = (n_seen + 1 - n) % p_len if full_after else 0  # phase of the window's first sample
+    slope_den = n * (n * n - 1) / 12.0
+    for j in prange(x.shape[0]):
+        if n_seen == 0:
+            ref[j] = x[j]
+            runlen[j] = 0
+        elif x[j] == last[j]:
+            runlen[j] += 1
+        else:
+            runlen[j] = 0
+        last[j] = x[j]
+        xv = x[j] - ref[j]
+        if n_seen < n:
+            s1[j] += slot * xv
+            s0[j] += xv
+            for k in range(n_bins):
+                yr[j, k] += xv * pr[p_new, k]
+                yi[j, k] += xv * pi[p_new, k]
+        else:
+            xo = buf[j, slot]
+            s1[j] += -(s0[j] - xo) + (n - 1) * xv
+            s0[j] += xv - xo
+            for k in range(n_bins):
+                yr[j, k] += xv * pr[p_new, k] - xo * pr[p_old, k]
+                yi[j, k] += xv * pi[p_new, k] - xo * pi[p_old, k]
+        buf[j, slot] = xv
+        if not full_after:
+            continue
+        if runlen[j] >= n - 1:
+            alff_out[j] = 0.0
+            falff_out[j] = 0.0
+            continue
+        b = (s1[j] - s0[j] * (n - 1) / 2.0) / slope_den
+        c = s0[j] / n - b * (n - 1) / 2.0
+        in_band = 0.0
+        total = 0.0
+        for k in range(n_bins):
+            re = yr[j, k] - c * dr[head, k] - b * rr[head, k]
+            im = yi[j, k] - c * di[head, k] - b * ri[head, k]
+            a = np.sqrt(re * re + im * im)
+            total += a
+            if sel[k]:
+                in_band += a
+        alff_out[j] = 2.0 * in_band / (n * n_sel)
+        falff_out[j] = in_band / total if total > 0 else 0.0
+
+
 class SlidingALFF(SlidingState):
     """ALFF and fALFF of the last ``window`` volumes, updated every volume.
 
@@ -302,6 +359,13 @@ class SlidingALFF(SlidingState):
     volume; the linear detrend enters analytically through the window's running
     sums (the DFT of the time ramp is known in closed form).
 
+    With ``convention="dpabi"`` the values equal :func:`alff` / :func:`falff` with
+    ``convention="dpabi"`` on the window: the DFT zero-padded to ``P`` (next power of
+    two) is still linear in the samples, so it is kept in the frame of absolute time
+    modulo ``P`` and updated by adding the new sample and removing the outgoing one;
+    the mean and the linear trend enter through the padded DFTs of a constant and of
+    the ramp. The update costs O(V * P / 2).
+
     Parameters
     ----------
     window : int
@@ -310,6 +374,8 @@ class SlidingALFF(SlidingState):
         Repetition time in seconds.
     band : tuple of float
         Inclusive frequency band in Hz.
+    convention : {"rtfb", "dpabi"}
+        Definition of :func:`alff` reproduced.
 
     Attributes
     ----------
@@ -323,16 +389,28 @@ class SlidingALFF(SlidingState):
 
     _min_window = 3
 
-    def __init__(self, window: int, tr: float, band=(0.01, 0.08)):
+    def __init__(self, window: int, tr: float, band=(0.01, 0.08), convention: str = "rtfb"):
         super().__init__(window)
         self.tr = tr
         self.band = band
+        self.convention = convention
 
     def _check_params(self) -> None:
         super()._check_params()
-        self.band_bins_ = band_bins(self.window, self.tr, self.band)
+        _check_option("convention", self.convention, SLIDING_CONVENTIONS)
+        if self.convention == "dpabi":
+            p, k_low, k_high = dpabi_band_indices(self.window, self.tr, self.band)
+            self.band_bins_ = np.zeros(p // 2, dtype=bool)
+            self.band_bins_[max(k_low, 1) - 1:k_high] = True
+            self._n_band = k_high - k_low + 1
+        else:
+            self.band_bins_ = band_bins(self.window, self.tr, self.band)
+            self._n_band = int(self.band_bins_.sum())
 
     def _allocate(self, n_signals: int) -> None:
+        if self.convention == "dpabi":
+            self._allocate_padded(n_signals)
+            return
         n = self.window
         n_bins = n // 2
         k = np.arange(1, n_bins + 1)
@@ -355,7 +433,38 @@ class SlidingALFF(SlidingState):
         self.alff_ = np.full(n_signals, np.nan)
         self.falff_ = np.full(n_signals, np.nan)
 
+    def _allocate_padded(self, n_signals: int) -> None:
+        n = self.window
+        p = 2 * self.band_bins_.size
+        k = np.arange(1, p // 2 + 1)
+        phase = np.exp(-2j * np.pi * np.outer(np.arange(p), k) / p)  # w_k ** phase
+        window_phase = np.exp(-2j * np.pi * np.outer(np.arange(n), k) / p)
+        const_dft = window_phase.sum(axis=0)  # padded DFT of ones at positions 0 .. n-1
+        ramp_dft = np.arange(n) @ window_phase  # padded DFT of m = 0 .. n-1
+        for name, arr in (("_pr", phase.real), ("_pi", phase.imag),
+                          ("_dr", (phase * const_dft).real), ("_di", (phase * const_dft).imag),
+                          ("_rr", (phase * ramp_dft).real), ("_ri", (phase * ramp_dft).imag)):
+            setattr(self, name, np.ascontiguousarray(arr))
+        self._sel = self.band_bins_.copy()
+        self._buf = np.zeros((n_signals, n))
+        self._ref = np.zeros(n_signals)
+        self._last = np.zeros(n_signals)
+        self._runlen = np.zeros(n_signals, dtype=np.int64)
+        self._s0 = np.zeros(n_signals)
+        self._s1 = np.zeros(n_signals)
+        self._yr = np.zeros((n_signals, p // 2))
+        self._yi = np.zeros((n_signals, p // 2))
+        self.alff_ = np.full(n_signals, np.nan)
+        self.falff_ = np.full(n_signals, np.nan)
+
     def _update(self, x: np.ndarray) -> None:
+        if self.convention == "dpabi":
+            _alff_update_padded(
+                x, self._ref, self._buf, self._last, self._runlen, self._s0, self._s1,
+                self._yr, self._yi, self._pr, self._pi, self._dr, self._di, self._rr,
+                self._ri, self._sel, self._n_band, self._next_slot(), self.n_seen_,
+                self.alff_, self.falff_)
+            return
         _alff_update(x, self._ref, self._buf, self._last, self._runlen, self._s0, self._s1,
                      self._yr, self._yi, self._pr, self._pi, self._er, self._ei, self._sel,
                      self._n_sel, self._next_slot(), self.n_seen_, self.alff_, self.falff_)

@@ -254,11 +254,17 @@ def analyze_command(args: argparse.Namespace) -> int:
         ("--classify-permutations", args.classify_permutations,
          args.classify_permutations >= 0, ">= 0"),
         ("--density", args.density, 0 < args.density <= 1, "in (0, 1]"),
+        ("--band", args.band, args.band is None or 0 <= args.band[0] < args.band[1],
+         "LOW HIGH in Hz with 0 <= LOW < HIGH"),
     ) if not ok]
     if bad:  # checked before hours of subject maps, not after
         print(f"rtfb analyze: error: {'; '.join(bad)}")
         return 2
     options = {}
+    if args.pipeline != "rtfb":
+        options["pipeline"] = args.pipeline
+    if args.band is not None:
+        options["band"] = tuple(args.band)
     if args.atlas is not None:
         atlas = "" if args.atlas == "none" else str(Path(args.atlas).resolve())
         if atlas and not Path(atlas).is_file():
@@ -351,6 +357,13 @@ def add_analyze_parser(sub) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="recompute subjects that are already done")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--pipeline", choices=("rtfb", "dpabi"), default="rtfb",
+                   help="order of steps and metric conventions: 'rtfb' (no temporal filter) "
+                        "or 'dpabi' (DPARSF: ALFF, then band-pass before ReHo/FC/DC/VMHC, "
+                        "DPABI's definitions); see docs/offline.md")
+    p.add_argument("--band", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help="ALFF band and, with --pipeline dpabi, band-pass in Hz "
+                        "(default 0.01 0.08)")
     p.add_argument("--no-group", action="store_true",
                    help="only the subject maps (no group statistics or report)")
     p.add_argument("--metrics", nargs="+", default=["alff", "falff", "reho"],

@@ -30,16 +30,20 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
+from .._utils.checks import _check_option
 from ..ingest.nifti import iter_nifti_volumes
-from ..metrics import alff, degree_centrality, falff, malff, reho, seed_fc, vmhc, zalff
+from ..metrics import alff, degree_centralities, falff, malff, reho, seed_fc, vmhc, zalff
 from ..metrics.vmhc import _check_symmetric_grid
+from ..preprocess.bandpass import bandpass
 from ..preprocess.pipeline import Preprocessor
 
-__all__ = ["DEFAULT_SPHERES", "AnalysisConfig", "PIPELINE_NAME", "atlas_timeseries",
+__all__ = ["DEFAULT_SPHERES", "AnalysisConfig", "PIPELINE_NAME", "PIPELINES", "atlas_timeseries",
            "default_atlas", "default_seeds", "preprocess_run", "process_subject",
            "resolve_seed_masks", "subject_outputs_dir"]
 
 PIPELINE_NAME = "rtfb"
+#: ``AnalysisConfig.pipeline`` values: the order of steps and the metric conventions.
+PIPELINES = ("rtfb", "dpabi")
 #: MNI centres (mm) of the default insula seeds when the dataset has no ROI masks.
 DEFAULT_SPHERES = {"left_insula": (-38.0, 4.0, 2.0), "right_insula": (38.0, 4.0, 2.0)}
 _TRUTH_ROIS = "derivatives/truth/roi-{}.nii.gz"
@@ -53,7 +57,12 @@ class AnalysisConfig:
     Parameters
     ----------
     band : tuple of float
-        ALFF band in Hz (inclusive).
+        ALFF band in Hz (inclusive); with ``pipeline="dpabi"`` also the band-pass filter's.
+    pipeline : {"rtfb", "dpabi"}
+        ``"rtfb"``: every metric on the cleaned series, rtfb's conventions.
+        ``"dpabi"``: DPARSF's order and DPABI's conventions: ALFF/fALFF (mALFF, zALFF) on
+        the cleaned series, then DPABI's band-pass (linear detrend + ideal filter,
+        :func:`rtfb.preprocess.bandpass`) before ReHo, seed FC, degree centrality and VMHC.
     neighborhood : {7, 19, 27}
         ReHo neighbourhood.
     dc_threshold : float
@@ -77,6 +86,7 @@ class AnalysisConfig:
     """
 
     band: tuple[float, float] = (0.01, 0.08)
+    pipeline: str = "rtfb"
     neighborhood: int = 27
     dc_threshold: float = 0.25
     seeds: dict | None = None
@@ -91,6 +101,9 @@ class AnalysisConfig:
     motion_regressors: bool = True
     glm: str = "cumulative"
     fd_threshold: float = 0.5
+
+    def __post_init__(self):
+        _check_option("pipeline", self.pipeline, PIPELINES)
 
     def preprocessing(self) -> dict:
         """The Preprocessor options."""
@@ -313,18 +326,24 @@ def process_subject(bold_path, tr: float, out_dir, config: AnalysisConfig | None
         atlas = default_atlas(root) if root is not None else ""
 
     band = [float(b) for b in config.band]
-    alff_map = _scatter(alff(data, tr, config.band), mask)
-    falff_map = _scatter(falff(data, tr, config.band), mask)
+    conv = config.pipeline  # each pipeline uses its tool's metric conventions
+    alff_map = _scatter(alff(data, tr, config.band, convention=conv), mask)
+    falff_map = _scatter(falff(data, tr, config.band, convention=conv), mask)
     maps = {
         "ALFF": (alff_map, {"Band": band}),
         "fALFF": (falff_map, {"Band": band}),
-        "mALFF": (malff(alff_map, mask), {"Band": band, "Normalisation":
-                                          "ALFF / mean ALFF in the brain mask"}),
-        "zALFF": (zalff(alff_map, mask), {"Band": band, "Normalisation":
-                                          "(ALFF - mean) / std in the brain mask"}),
-        "ReHo": (reho(grid, mask, config.neighborhood),
-                 {"Neighborhood": int(config.neighborhood)}),
+        "mALFF": (malff(alff_map, mask, convention=conv),
+                  {"Band": band, "Normalisation": "ALFF / mean ALFF in the brain mask"}),
+        "zALFF": (zalff(alff_map, mask, convention=conv),
+                  {"Band": band, "Normalisation": "(ALFF - mean) / std in the brain mask"
+                                                  + (" (ddof 1)" if conv == "dpabi" else "")}),
     }
+    if conv == "dpabi":  # DPARSF: band-pass after ALFF, before ReHo / FC / DC / VMHC
+        data = bandpass(data, tr, config.band, convention="dpabi")
+        grid = np.zeros(mask.shape + (n,))
+        grid[mask] = data
+    maps["ReHo"] = (reho(grid, mask, config.neighborhood, convention=conv),
+                    {"Neighborhood": int(config.neighborhood)})
     mask_index = {}
     flat = np.flatnonzero(mask.ravel())
     for seed_name, roi in seed_masks.items():
@@ -332,30 +351,36 @@ def process_subject(bold_path, tr: float, out_dir, config: AnalysisConfig | None
         mask_index[seed_name] = idx
         spec = seeds_spec[seed_name]
         maps[f"FC{_desc(seed_name)}"] = (
-            _scatter(seed_fc(data[idx].mean(axis=0), data), mask),
+            _scatter(seed_fc(data[idx].mean(axis=0), data, convention=conv), mask),
             {"Seed": {"Name": seed_name, "Voxels": int(idx.size),
                       "Definition": str(spec) if isinstance(spec, (str, os.PathLike))
                       else {"CenterMNI": [float(c) for c in spec],
                             "RadiusMM": float(config.seed_radius_mm)}},
              "SeedSeries": "mean of the cleaned seed voxels", "Values": "Fisher z"})
-    for kind, weighted in (("binary", False), ("weighted", True)):
-        maps[f"DC{kind}"] = (
-            degree_centrality(grid, mask, threshold=config.dc_threshold, weighted=weighted),
-            {"Threshold": float(config.dc_threshold), "Weighted": weighted})
+    dc_binary, dc_weighted = degree_centralities(grid, mask, threshold=config.dc_threshold,
+                                                 convention=conv)  # one correlation pass
+    for kind, weighted, array in (("binary", False, dc_binary), ("weighted", True, dc_weighted)):
+        maps[f"DC{kind}"] = (array, {"Threshold": float(config.dc_threshold),
+                                     "Weighted": weighted})
     skipped = {}
     try:
         _check_symmetric_grid(affine, mask.shape)
     except ValueError as err:
         skipped["VMHC"] = f"grid not left-right symmetric: {err}"
     else:
-        maps["VMHC"] = (vmhc(grid, mask, affine), {"Values": "Fisher z",
-                                                    "Mirror": "first voxel axis (x)"})
+        maps["VMHC"] = (vmhc(grid, mask, affine, convention=conv),
+                        {"Values": "Fisher z", "Mirror": "first voxel axis (x)",
+                         "Midline": "set to 0" if conv == "dpabi" or mask.shape[0] % 2
+                         else "none on an even-width grid"})
+    steps = _pipeline_steps(config)
 
     common = {
         "RepetitionTime": float(tr),
         "NumberOfVolumes": int(n),
         "Window": "whole run",
         "Sources": [str(bold_path)],
+        "Convention": conv,
+        "Pipeline": {"Name": config.pipeline, "Steps": steps},
         "Preprocessing": {"Implementation": "rtfb.preprocess.pipeline.Preprocessor "
                                             "(real-time code, volume by volume)",
                           **config.preprocessing(), "n_expected": int(n),
@@ -369,7 +394,7 @@ def process_subject(bold_path, tr: float, out_dir, config: AnalysisConfig | None
         _save_map(array, affine, sub_dir / rel)
         _save_json(sub_dir / rel.replace(".nii.gz", ".json"),
                    {"Metric": metric, "Kernel": f"rtfb.metrics.{_kernel(metric)}",
-                    **extra, **common})
+                    **extra, **common, "Input": _metric_input(metric, config)})
         outputs[metric] = rel
     rel = f"func/{prefix}_desc-brain_mask.nii.gz"
     _save_map(mask, affine, sub_dir / rel, dtype=np.uint8)
@@ -438,6 +463,39 @@ def atlas_timeseries(data: np.ndarray, mask: np.ndarray, affine: np.ndarray,
                "VoxelsInMask": counts,
                "Series": "mean of the cleaned in-mask voxels of each label (n/a: none)"}
     return "\n".join(rows) + "\n", sidecar
+
+
+def _pipeline_steps(config: AnalysisConfig) -> list[str]:
+    """The processing steps of ``config.pipeline``, in order, for the sidecars."""
+    pre = config.preprocessing()
+    nuisance = [f"{pre['drift']} drift up to order {pre['drift_order']}"]
+    if pre["motion_regressors"]:
+        nuisance.append("6 motion parameters")
+    steps = ["realignment" if pre["realign"] else "no realignment"]
+    if pre["smoothing_fwhm"]:
+        steps.append(f"smoothing FWHM {pre['smoothing_fwhm']:g} mm")
+    steps.append("brain mask")
+    steps.append(f"nuisance regression over the whole run ({', '.join(nuisance)})")
+    low, high = (float(b) for b in config.band)
+    if config.pipeline == "dpabi":
+        steps += [f"ALFF/fALFF (DPABI: zero-padded FFT, {low:g}-{high:g} Hz), "
+                  "mALFF/zALFF (ddof 1)",
+                  f"band-pass {low:g}-{high:g} Hz (DPABI: linear detrend + ideal FFT filter)",
+                  "ReHo (faces 0), seed FC, degree centrality (constant voxel -1), "
+                  "VMHC (zVMHC, midline 0) on the band-passed series"]
+    else:
+        steps += [f"ALFF/fALFF ({low:g}-{high:g} Hz, unpadded DFT), mALFF/zALFF",
+                  "ReHo, seed FC, degree centrality, VMHC on the cleaned series "
+                  "(no temporal filter)"]
+    return steps
+
+
+def _metric_input(metric: str, config: AnalysisConfig) -> str:
+    """Which series a map was computed from."""
+    if config.pipeline == "dpabi" and "ALFF" not in metric:
+        low, high = (float(b) for b in config.band)
+        return f"cleaned series band-passed {low:g}-{high:g} Hz"
+    return "cleaned series (no temporal filter)"
 
 
 def _kernel(metric: str) -> str:

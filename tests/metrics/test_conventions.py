@@ -177,3 +177,33 @@ def test_vmhc_dpabi_union_mask_and_midline_slice(rng, width):
     data[1, 2, 1] = data[width - 2, 2, 1]  # identical mirror series: r = 1 -> 1 - 1e-16
     z = vmhc(data, mask, convention="dpabi")
     assert z[1, 2, 1] == pytest.approx(0.5 * np.log((2 - 2**-53) / 2**-53))
+
+
+@pytest.mark.parametrize(("window", "tr", "band"), [(20, 2.0, (0.01, 0.08)), (37, 0.8, (0.01, 0.1)),
+                                                    (32, 2.0, (0.0, 0.25))])
+def test_sliding_dpabi_alff_equals_batch_on_every_window(rng, window, tr, band):
+    from rtfb.metrics import SlidingALFF
+
+    n_total = window + 70
+    series = 800 + np.cumsum(rng.normal(size=(6, n_total)), axis=1)
+    series[3] = 5.0  # constant
+    series[4, 30:] = series[4, 30]  # becomes constant
+    state = SlidingALFF(window, tr, band, convention="dpabi")
+    for t in range(n_total):
+        state.partial_fit(series[:, t])
+        if t + 1 < window:
+            assert np.isnan(state.alff_).all()
+            continue
+        win = series[:, t + 1 - window:t + 1]
+        np.testing.assert_allclose(state.alff_, alff(win, tr, band, convention="dpabi"),
+                                   rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(state.falff_, falff(win, tr, band, convention="dpabi"),
+                                   rtol=1e-9, atol=1e-12)
+    assert state.alff_[3] == 0 and state.alff_[4] == 0
+
+
+def test_sliding_alff_rejects_cpac():
+    from rtfb.metrics import SlidingALFF
+
+    with pytest.raises(ValueError, match="'convention' parameter"):
+        SlidingALFF(20, 2.0, convention="cpac").partial_fit(np.ones(3))
