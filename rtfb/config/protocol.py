@@ -66,7 +66,7 @@ _PREPROCESS_KEYS = ("realign", "reference_volume", "interpolation", "smoothing_f
                     "fd_threshold", "brain_mask")
 _ROI_KEYS = ("file", "space", "mni_sphere", "simulator_roi")
 _SPHERE_KEYS = ("center", "radius")
-_METRIC_KEYS = ("kind", "roi", "seed", "target", "window", "band", "neighborhood",
+_METRIC_KEYS = ("kind", "roi", "seed", "target", "window", "band", "convention", "neighborhood",
                 "whole_brain", "maps")
 _FEEDBACK_KEYS = ("baseline", "direction", "change", "scale", "clip", "smoothing", "target")
 _OUTPUT_KEYS = ("zmq_address", "write_maps_every")
@@ -250,6 +250,8 @@ class MetricConfig:
         ``seed_fc`` only: seed ROI and target ROI.
     band : tuple of 2 float
         ALFF / fALFF band in Hz (inclusive).
+    convention : {"rtfb", "dpabi"}
+        ALFF / fALFF definition (``rtfb.metrics.alff``); both are exact incrementally.
     neighborhood : {7, 19, 27}
         ReHo neighbourhood.
     whole_brain : bool
@@ -265,6 +267,7 @@ class MetricConfig:
     seed: str | None = None
     target: str | None = None
     band: tuple[float, float] = (0.01, 0.08)
+    convention: str = "rtfb"
     neighborhood: int = 27
     whole_brain: bool = False
     maps: tuple[str, ...] = ()
@@ -570,7 +573,10 @@ def _parse_metric(top: Section, session: SessionConfig,
         sec.forbid_unless(name, fc, "kind = 'seed_fc'")
     sec.forbid_unless("band", bool(used & {"alff", "falff"}),
                       "kind or maps include 'alff' or 'falff'")
+    sec.forbid_unless("convention", bool(used & {"alff", "falff"}),
+                      "kind or maps include 'alff' or 'falff'")
     sec.forbid_unless("neighborhood", "reho" in used, "kind or maps include 'reho'")
+    convention = sec.string("convention", "rtfb", choices=("rtfb", "dpabi"))
 
     roi_names = ("seed", "target") if fc else ("roi",)
     names = {}
@@ -600,16 +606,21 @@ def _parse_metric(top: Section, session: SessionConfig,
             raise sec.error("band", f"the upper edge {high:g} Hz is above the Nyquist "
                             f"frequency {nyquist:g} Hz of tr = {session.tr:g} s.")
         from ..metrics import band_bins  # numba import: only when needed
+        from ..preprocess.bandpass import dpabi_band_indices
 
         try:
-            band_bins(window, session.tr, band)
+            if convention == "dpabi":
+                dpabi_band_indices(window, session.tr, band)
+            else:
+                band_bins(window, session.tr, band)
         except ValueError as err:
             raise sec.error("window", f"too short for the band: {err}") from err
     neighborhood = sec.integer("neighborhood", 27)
     if neighborhood not in (7, 19, 27):
         raise sec.error("neighborhood", f"expected one of 7, 19, 27, got {neighborhood}.")
     return MetricConfig(kind=kind, window=window, roi=names.get("roi"), seed=names.get("seed"),
-                        target=names.get("target"), band=band, neighborhood=neighborhood,
+                        target=names.get("target"), band=band, convention=convention,
+                        neighborhood=neighborhood,
                         whole_brain=whole_brain, maps=maps)
 
 

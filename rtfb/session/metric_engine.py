@@ -15,9 +15,10 @@ from ..metrics import SlidingALFF, SlidingPSC, SlidingReHo, SlidingSeedFC
 MAP_KINDS = ("alff", "falff", "reho")
 
 
-def _state(kind: str, window: int, tr: float, band, neighborhood: int, mask3d):
+def _state(kind: str, window: int, tr: float, band, neighborhood: int, mask3d,
+           convention: str = "rtfb"):
     if kind in ("alff", "falff"):
-        return SlidingALFF(window, tr, band)
+        return SlidingALFF(window, tr, band, convention=convention)
     if kind == "reho":
         return SlidingReHo(window, mask3d, neighborhood)
     raise ValueError(f"No map state for metric kind {kind!r}; expected one of {MAP_KINDS}.")
@@ -49,12 +50,14 @@ class MetricEngine:
         ALFF band (Hz).
     neighborhood : int
         ReHo neighbourhood.
+    convention : {"rtfb", "dpabi"}
+        ALFF / fALFF definition (exact incrementally in both).
     maps : sequence of str
         Whole-brain maps to keep updated (``"alff"``, ``"falff"``, ``"reho"``).
     """
 
     def __init__(self, kind, mask, rois, *, roi=None, seed=None, target=None, window=64,
-                 tr=2.0, band=(0.01, 0.08), neighborhood=27, maps=()):
+                 tr=2.0, band=(0.01, 0.08), neighborhood=27, maps=(), convention="rtfb"):
         self.kind = kind
         self.mask = np.asarray(mask, dtype=bool)
         self.window = window
@@ -72,7 +75,7 @@ class MetricEngine:
 
         self.maps = {}
         for m in maps:
-            self.maps[m] = _state(m, window, tr, band, neighborhood, self.mask)
+            self.maps[m] = _state(m, window, tr, band, neighborhood, self.mask, convention)
         if kind == "psc":
             self._roi_idx = index[voxels(roi)]
             self._primary = SlidingPSC(window)
@@ -92,7 +95,7 @@ class MetricEngine:
             else:
                 self._sub = index[roi_mask]
                 self._roi_idx = np.arange(self._sub.size)
-                self._primary = SlidingALFF(window, tr, band)
+                self._primary = SlidingALFF(window, tr, band, convention=convention)
         elif kind == "seed_fc":
             seed_mask, target_mask = voxels(seed), voxels(target)
             both = seed_mask | target_mask

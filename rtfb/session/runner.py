@@ -178,7 +178,7 @@ class Session:
         self.engine = MetricEngine(
             m.kind, self.preprocessor.mask_, self.rois, roi=m.roi, seed=m.seed,
             target=m.target, window=m.window, tr=p.session.tr, band=tuple(m.band),
-            neighborhood=m.neighborhood, maps=tuple(m.maps))
+            neighborhood=m.neighborhood, maps=tuple(m.maps), convention=m.convention)
         fb = p.feedback
         if fb is None:  # monitoring: values are recorded, nothing is fed back
             self.mapper = FeedbackMapper()
