@@ -55,6 +55,11 @@ class VolumeTiming:
         (included in ``queued - complete``).
     late : bool
         Delivered as :class:`~rtfb.ingest.ordering.Late`.
+    read : float | None
+        :func:`time.perf_counter` when the reader returned the volume (for TCP: equal to
+        ``complete``). ``complete`` is when the file became complete: its modification time
+        clamped between the listing before its last change was seen and the read, so a
+        stalled acquisition thread still counts its stall.
     """
 
     index: int
@@ -66,6 +71,12 @@ class VolumeTiming:
     mtime: float | None
     wait: float
     late: bool
+    read: float | None = None
+
+    def wall(self, name: str) -> float | None:
+        """Time stamp ``name`` (seen, complete, read, queued) as epoch seconds."""
+        value = getattr(self, name)
+        return None if value is None else value + (self.queued_wall - self.queued)
 
 
 @dataclass(frozen=True)
@@ -134,10 +145,13 @@ class _Handoff:
 
     def __init__(self, *, queue_size: int, gap_timeout: float, first_index: int | None,
                  max_pending: int, max_ahead: int, max_timings: int,
-                 stop_event: threading.Event, name: str) -> None:
+                 stop_event: threading.Event, name: str, tr: float | None = None,
+                 ahead_margin: int = 8) -> None:
         self.queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self.orderer = VolumeOrderer(gap_timeout, first_index=first_index,
-                                     max_pending=max_pending, max_ahead=max_ahead)
+                                     max_pending=max_pending, max_ahead=max_ahead, tr=tr,
+                                     ahead_margin=ahead_margin, start=time.perf_counter())
+        self._notices: deque[dict] = deque(maxlen=10_000)
         self._stop = stop_event
         self._name = name
         self._lock = threading.Lock()
@@ -154,15 +168,35 @@ class _Handoff:
         with self._lock:
             self._counts[name] += n
 
+    def notice(self, kind: str, message: str, **fields) -> None:
+        """Queue an event for the session record (drained by the processing thread)."""
+        self._notices.append({"kind": kind, "message": message, "time": time.time(),
+                              **fields})
+
+    def drain_notices(self) -> list[dict]:
+        """Events since the last call (processing-thread side; thread-safe)."""
+        out = []
+        while True:
+            try:
+                out.append(self._notices.popleft())
+            except IndexError:
+                return out
+
     def is_known(self, index: int) -> bool:
         return self.orderer.is_known(index)
 
     def submit(self, volume: Volume, *, seen: float, complete: float,
-               mtime: float | None = None) -> str:
-        """Hand a complete volume to the orderer; return the orderer's status string."""
-        status = self.orderer.add(volume, complete)
+               mtime: float | None = None, read: float | None = None) -> str:
+        """Hand a complete volume to the orderer; return the orderer's status string.
+
+        ``seen``, ``complete`` and ``read`` are :func:`time.perf_counter` stamps (``read``
+        defaults to ``complete``); the arrival time used for ordering and plausibility is
+        ``read``.
+        """
+        read = complete if read is None else read
+        status = self.orderer.add(volume, read)
         if status in (ACCEPTED, LATE):
-            self._arrival[volume.index] = (volume.source, seen, complete, mtime)
+            self._arrival[volume.index] = (volume.source, seen, complete, mtime, read)
         self.flush()
         return status
 
@@ -208,9 +242,10 @@ class _Handoff:
             if not self._full_episode:  # one warning per episode of back-pressure
                 self._full_episode = True
                 self.count("blocked_episodes")
-                logger.warning("%s: queue full (%d items): the processing thread is behind; "
-                               "acquisition waits (nothing is dropped)", self._name,
-                               self.queue.maxsize)
+                text = (f"{self._name}: queue full ({self.queue.maxsize} items): the "
+                        f"processing thread is behind; acquisition waits (nothing is dropped)")
+                logger.warning(text)
+                self.notice("queue_full", text)
             t0 = time.perf_counter()
             while True:
                 if self._stop.is_set():
@@ -243,10 +278,10 @@ class _Handoff:
             late = isinstance(item, Late)
             c["late" if late else "delivered"] += 1
             index = item.index
-            source, seen, complete, mtime = self._arrival.pop(index)
+            source, seen, complete, mtime, read = self._arrival.pop(index)
             self._latencies.append(queued - complete)
             self._timings.append(VolumeTiming(index, source, seen, complete, queued,
-                                              queued_wall, mtime, wait, late))
+                                              queued_wall, mtime, wait, late, read))
 
     # -- consumer side -----------------------------------------------------------------------
     def get(self, timeout: float | None, running) -> object:

@@ -142,8 +142,13 @@ class SessionRecorder:
             os.fsync(fh.fileno())
         os.replace(tmp, self.directory / "session.json")
 
-    def write_input(self, volume: Volume, time_received: float, late: bool = False) -> dict:
-        """Append a received volume's data and its index line; returns the entry."""
+    def write_input(self, volume: Volume, time_received: float, late: bool = False,
+                    rejected: str | None = None) -> dict:
+        """Append a received volume's data and its index line; returns the entry.
+
+        ``rejected``: why the volume was not used (bad reference candidate, geometry
+        that differs from the reference), recorded with it.
+        """
         raw = np.ascontiguousarray(volume.data, dtype=np.float32).tobytes()
         entry = {
             "index": volume.index, "source": volume.source,
@@ -152,6 +157,8 @@ class SessionRecorder:
             "acquisition_time": volume.acquisition_time, "tr": volume.tr,
             "time_received": time_received, "late": late,
         }
+        if rejected is not None:
+            entry["rejected"] = rejected
         self._inputs_bin.write(raw)
         self._bin_size += len(raw)
         self._inputs.write(dumps(entry) + "\n")
