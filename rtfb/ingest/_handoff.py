@@ -224,21 +224,21 @@ class _Handoff:
         """At shutdown: release volumes waiting behind gaps, without blocking."""
         ready = self.orderer.release_all("acquisition stopped before it arrived")
         for item in ready:
-            try:
-                self.queue.put_nowait(item)
-            except queue.Full:
+            if self.queue.full():
                 self.undelivered += 1
                 continue
-            self._record(item, 0.0)
+            self._record(item, 0.0)  # before the item is visible: its timing is ready
+            self.queue.put_nowait(item)
         if self.undelivered:
             logger.warning("%s: stopped with %d item(s) not delivered (queue full)",
                            self._name, self.undelivered)
 
     def _put(self, item) -> bool:
+        """Put ``item`` in the queue, waiting while it is full; its timing is recorded just
+        before it becomes visible to the consumer (one producer: room stays room).
+        """
         wait = 0.0
-        try:
-            self.queue.put_nowait(item)
-        except queue.Full:
+        if self.queue.full():
             if not self._full_episode:  # one warning per episode of back-pressure
                 self._full_episode = True
                 self.count("blocked_episodes")
@@ -247,27 +247,24 @@ class _Handoff:
                 logger.warning(text)
                 self.notice("queue_full", text)
             t0 = time.perf_counter()
-            while True:
-                if self._stop.is_set():
-                    self.count("blocked_seconds", time.perf_counter() - t0)
-                    return False
-                try:
-                    self.queue.put(item, timeout=_PUT_POLL)
-                    break
-                except queue.Full:
-                    continue
+            with self.queue.not_full:
+                while self.queue._qsize() >= self.queue.maxsize:
+                    if self._stop.is_set():
+                        self.count("blocked_seconds", time.perf_counter() - t0)
+                        return False
+                    self.queue.not_full.wait(_PUT_POLL)
             wait = time.perf_counter() - t0
-        else:
-            if self._full_episode:
-                self._full_episode = False
-                logger.info("%s: queue has room again", self._name)
+        elif self._full_episode:
+            self._full_episode = False
+            logger.info("%s: queue has room again", self._name)
         self._record(item, wait)
+        self.queue.put_nowait(item)
         return True
 
     def _record(self, item, wait: float) -> None:
         queued = time.perf_counter()
         queued_wall = time.time()
-        size = self.queue.qsize()
+        size = self.queue.qsize() + 1  # recorded just before the put
         with self._lock:
             c = self._counts
             c["queue_high_water"] = max(c["queue_high_water"], size)

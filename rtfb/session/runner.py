@@ -144,6 +144,8 @@ class Session:
         self._geometry = GeometryLock(tr=protocol.session.tr)
         self._end_reason: str | None = None
         self.replay_stale: set[int] | None = None
+        self._pending_entries: dict[int, dict] = {}  # volume lines waiting for their send
+        self._entry_lock = threading.Lock()
         self.status = SessionStatus()
         self.schedule = BlockSchedule(protocol.blocks)
         self._silent = False
@@ -286,19 +288,54 @@ class Session:
 
     # ---------------------------------------------------------------- messages
     def record_message(self, topic: str, message: dict) -> None:
-        """``on_sent`` hook of the publisher: records every message as actually sent."""
-        self.recorder.write_message(topic, message)
+        """``on_sent`` hook of the publisher: records every message as actually sent.
 
-    def _publish(self, topic: str, message: dict) -> None:
+        A feedback message's volume line is written here, in the publisher's thread, once
+        the message is out: its ``published`` time is the real send time, and writing and
+        fsyncing the record stays off the processing thread's latency path.
+        """
+        self.recorder.write_message(topic, message)
+        if topic == "feedback":
+            with self._entry_lock:
+                entry = self._pending_entries.pop(message.get("volume_index"), None)
+            if entry is not None:
+                self._write_entry(entry, message.get("time_published"))
+
+    def _write_entry(self, entry: dict, published: float | None) -> None:
+        """Write one volume line (``published``: the send time, if known)."""
+        times = entry["times"]
+        if published is not None:
+            times["published"] = published
+            origin = latency_origin(times)
+            entry["latency_ms"] = None if origin is None else (published - origin) * 1e3
+            self.status.latency_ms = entry["latency_ms"]
+        self.recorder.write_volume(entry)
+        self.recorder.request_sync()
+
+    def _flush_entries(self, older_than: float | None = None) -> None:
+        """Write volume lines whose message was never reported sent (dropped, or the
+        publisher stopped): with the hand-off time as ``published``.
+        """
+        with self._entry_lock:
+            limit = math.inf if older_than is None else time.time() - older_than
+            late = [i for i, e in self._pending_entries.items()
+                    if e["times"]["published"] <= limit]
+            entries = [self._pending_entries.pop(i) for i in sorted(late)]
+        for entry in entries:
+            self._write_entry(entry, None)
+
+    def _publish(self, topic: str, message: dict) -> bool:
+        """Hand a message to the publisher; False if it was not queued for sending."""
         if self._silent:
-            return
+            return False
         message["time_published"] = time.time()
         try:
-            self.publisher.publish(topic, message)
+            return self.publisher.publish(topic, message) is not False
         except RuntimeError as err:  # publisher down: the session and its record go on
             if not getattr(self, "_publisher_down", False):
                 self._publisher_down = True
                 self._event("error", f"feedback publisher unavailable: {err}")
+            return False
 
     def _base_message(self, kind: str, index, acquisition_time, received) -> dict:
         return {"schema_version": SCHEMA_VERSION, "type": kind, "session_id": self.session_id,
@@ -436,7 +473,6 @@ class Session:
                    else self.protocol.feedback.target,
                    display={"show_bar": show, "state": state})
         published = time.time()
-        self._publish("feedback", msg)
         times["published"] = published
         origin = latency_origin(times)
         latency = None if self._silent or origin is None else (published - origin) * 1e3
@@ -449,8 +485,17 @@ class Session:
         if rejected:
             entry["rejected_reason"] = rejected
         if not self._silent:
-            self.recorder.write_volume(entry)
-            self.recorder.sync()
+            self._flush_entries(older_than=5.0)
+            deferred = not isinstance(self.publisher, _NoPublisher)
+            if deferred:  # written by record_message once sent (real send time)
+                with self._entry_lock:
+                    self._pending_entries[index] = entry
+            if not self._publish("feedback", msg) and deferred:
+                with self._entry_lock:
+                    self._pending_entries.pop(index, None)
+                self._write_entry(entry, None)
+            elif not deferred:
+                self._write_entry(entry, None)
         self._write_maps(index, block)
         self._processed.add(index)
         s = self.status
@@ -465,7 +510,11 @@ class Session:
             self.on_status(s)
 
     def close(self) -> None:
-        """Close the record's message log once the publisher has stopped."""
+        """Once the publisher has stopped: write the volume lines whose message was never
+        reported sent, and close the record.
+        """
+        self._flush_entries()
+        self.recorder.close_volumes()
         self.recorder.close_messages()
 
     def _event(self, kind: str, message: str, index=None, **extra) -> None:
