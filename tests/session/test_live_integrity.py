@@ -268,3 +268,29 @@ def test_load_10x_64x64x36_two_busy_processes(tmp_path):
             assert msg["time_published"] - finished[i] <= session.max_delay + 0.05, i
         if "stale" in msg["flags"]:
             assert msg["value"] is None
+
+
+def test_disk_full_stop_names_the_path_and_does_not_say_finished(small, tmp_path):
+    import errno
+
+    from rtfb.session.runner import RecordWriteError
+
+    session = Session(small["protocol"], tmp_path / "rec")
+    target = session.recorder._inputs_bin
+    real_write = target.write
+    calls = []
+
+    def write(data):
+        calls.append(1)
+        if len(calls) > 5:
+            raise OSError(errno.ENOSPC, "No space left on device", str(target.path))
+        real_write(data)
+
+    target.write = write
+    with pytest.raises(RecordWriteError, match="disk full writing .*inputs.bin"):
+        session.run(ListSource(small["vols"]))
+    record = load_record(tmp_path / "rec")
+    end = [e for e in record.events if e["kind"] == "end"][-1]
+    assert "finished" not in end["message"] and "disk full writing" in end["message"]
+    assert str(target.path) in end["message"]
+    assert [v["index"] for v in record.volumes] == list(range(5))
