@@ -646,7 +646,10 @@ class Session:
         if not self._state_ready:
             if reference_problem(vol, self.protocol) is not None:
                 return
-            self._setup(vol)
+            try:
+                self._setup(vol)
+            except ValueError:  # reported when it was received
+                return
         self._received.add(vol.index)
         problem = self._geometry.check(vol)
         self._process(None if problem else vol, vol.index, {"dequeued": now},

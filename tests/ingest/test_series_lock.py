@@ -232,3 +232,22 @@ def test_stray_far_ahead_tcp_frame_is_ignored_not_missing():
     assert rx.stats.out_of_range == 1 and rx.stats.missing == 0
     notes = [n for n in rx.drain_notices() if n["kind"] == "implausible"]
     assert len(notes) == 1 and notes[0]["index"] == 149
+
+
+# -- queue full and stalls are reported -------------------------------------------------------
+def test_queue_full_and_stall_notices(tmp_path):
+    def slow_read(path):
+        time.sleep(0.3)
+        return nii_read(path)
+
+    w = _watcher(tmp_path, queue_size=1, reader=slow_read, stall_threshold=0.2).start()
+    try:
+        for i in range(3):
+            write_nifti(tmp_path / fname(i), vol_data(i))
+        wait_until(lambda: w.stats.blocked_episodes >= 1, timeout=20)
+        got = _drain(w, timeout=2.0)
+    finally:
+        w.stop()
+    assert [g.index for g in got] == [0, 1, 2]
+    kinds = [n["kind"] for n in w.drain_notices()]
+    assert "queue_full" in kinds and "stall" in kinds
