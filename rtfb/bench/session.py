@@ -160,8 +160,8 @@ def run_session(shape, n_subject: int, n_volumes: int, window: int, interval: fl
                      str(export), "--tr", "2.0", "--speed", str(2.0 / interval), "--volumes",
                      str(n_volumes), "--manifest", str(tmp / "m.json")],
                     stdout=subprocess.DEVNULL)
-                session.run(watcher, idle_timeout=10.0)
-                player.wait(60)
+                session.run(watcher, idle_timeout=60.0)  # from the start: the
+                player.wait(60)                          # simulator needs a few s to start
             time.sleep(0.3)
             sub.stop()
         session.close()
