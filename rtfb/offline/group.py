@@ -170,6 +170,9 @@ class GroupResults:
         Group ICA, when run (:func:`rtfb.offline.network.ica_analysis`).
     notes : list of str
         Decisions taken on the data (dropped covariates, skipped analyses).
+    warnings : list of str
+        What makes results unreliable (too few residual degrees of freedom or distinct
+        permutations, excluded runs); shown first in the report and on the terminal.
     files : dict of str to Path
         Study-level written files.
     """
@@ -194,6 +197,7 @@ class GroupResults:
     ica: Any = None
     notes: list[str] = field(default_factory=list)
     files: dict[str, Path] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def cluster_tables(self) -> pd.DataFrame:
@@ -395,6 +399,59 @@ def _fwe_threshold(null_max: np.ndarray, alpha: float) -> float:
 
 # --------------------------------------------------------------------------- analysis
 
+#: Residual degrees of freedom below which a model is flagged as unreliable.
+MIN_DF = 8
+
+
+def _n_distinct_permutations(x: np.ndarray) -> float:
+    """Distinct reorderings of the tested regressor ``x`` (multinomial over tied values)."""
+    from math import lgamma
+
+    _, counts = np.unique(np.round(x, 10), return_counts=True)
+    log_n = lgamma(x.size + 1) - sum(lgamma(int(c) + 1) for c in counts)
+    return float(np.round(np.exp(min(log_n, 700.0))))
+
+
+def model_warnings(label: str, design: np.ndarray, contrast: np.ndarray, threshold: float,
+                   alpha: float, n_permutations: int) -> list[str]:
+    """Warnings for a model with too few residual df or too few distinct permutations.
+
+    Parameters
+    ----------
+    label : str
+        Names the model in the messages.
+    design, contrast : numpy.ndarray
+        The fitted design (subjects x columns) and contrast.
+    threshold : float
+        FWE critical ``|t|`` found.
+    alpha : float
+        FWE level.
+    n_permutations : int
+        Permutations drawn.
+
+    Returns
+    -------
+    list of str
+        Empty when the model is fine.
+    """
+    n, p = design.shape
+    df = n - p
+    out = []
+    if df < MIN_DF:
+        out.append(f"{label}: only {df} residual degrees of freedom ({n} subjects, {p} design "
+                   f"columns; fewer than {MIN_DF}): FWE critical |t| = {threshold:.3g}, so "
+                   "only huge effects can survive and empty maps are expected. Add subjects "
+                   "or drop covariates.")
+    tested = design @ np.linalg.pinv(design.T @ design) @ contrast
+    distinct = _n_distinct_permutations(tested)
+    if distinct * alpha < 1:
+        out.append(f"{label}: only {distinct:.0f} distinct permutations, so no p_FWE can be "
+                   f"below {1 / distinct:.3g} (>= alpha {alpha:g}).")
+    elif distinct < n_permutations:
+        out.append(f"{label}: {n_permutations} permutations drawn from only {distinct:.0f} "
+                   "distinct ones (repeats; p_FWE is coarse).")
+    return out
+
 
 def _contrast(metric, key, data, mask, affine, design, contrast, subjects, covariates,
               all_data, n_permutations, alpha, seed, out_dir) -> ContrastResult:
@@ -464,6 +521,7 @@ def group_analysis(
     file_glob: str = "{subject}_*",
     classify_metric: str | None = None,
     classify_permutations: int = 100,
+    progress=None,
 ) -> GroupResults:
     """Voxel-wise group statistics of the per-subject maps (see the module docstring).
 
@@ -500,6 +558,9 @@ def group_analysis(
         of patients vs controls and of the patients' VAS regression (None: skipped).
     classify_permutations : int
         Label permutations of the classification p-value (0 to skip).
+    progress : callable | None
+        Called as ``progress(step, n_steps)`` when a step starts (``step`` describes it:
+        loading, one per metric and contrast, classification), for a progress display.
 
     Returns
     -------
@@ -536,6 +597,13 @@ def group_analysis(
 
     deriv_dir = Path(deriv_dir)
     subjects = list(table.index)
+    n_steps = 1 + 2 * len(metrics) + (classify_metric is not None)
+
+    def step(text):
+        if progress is not None:
+            progress(text, n_steps)
+
+    step("loading the subject maps")
     masks, maps, affine, _ = load_subject_maps(deriv_dir, subjects, all_metrics, file_glob)
     mask = masks.all(axis=0)
     for m in all_metrics:
@@ -581,14 +649,24 @@ def group_analysis(
     for metric in metrics:
         data = maps[metric][:, mask]
         all_vox = maps[metric]
+        step(f"{metric}: patients vs controls ({n_permutations} permutations)")
         results.contrasts[(metric, "patVsCon")] = _contrast(
             metric, "patVsCon", data, mask, affine, design_g, con_g, subjects, kept_g,
             all_vox, n_permutations, alpha, seed, out_dir)
+        step(f"{metric}: VAS correlation ({n_permutations} permutations)")
         if design_v is not None:
             results.contrasts[(metric, "vas")] = _contrast(
                 metric, "vas", data[vas_rows], mask, affine, design_v, con_v,
                 list(sub_v.index), kept_v, all_vox, n_permutations, alpha, seed,
                 out_dir)
+    for key, design, contrast in (("patVsCon", design_g, con_g),
+                                  ("vas", design_v, con_v if design_v is not None else None)):
+        done = [c for (_m, k), c in results.contrasts.items() if k == key]
+        if design is None or not done:
+            continue
+        results.warnings += model_warnings(
+            _CONTRASTS[key], design, contrast, max(c.threshold for c in done), alpha,
+            n_permutations)
 
     tables = results.cluster_tables
     results.files["clusters"] = out_dir / "clusters.tsv"
@@ -598,6 +676,7 @@ def group_analysis(
                  na_rep="n/a")
 
     if classify_metric is not None:
+        step(f"classification ({classify_metric})")
         _run_classification(results, maps[classify_metric][:, mask], classify_metric,
                             classify_permutations, seed)
     return results

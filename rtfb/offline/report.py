@@ -244,7 +244,12 @@ def write_group_report(deriv_dir, results: GroupResults, *, background: str = "a
     out_dir.mkdir(parents=True, exist_ok=True)
     bg, contour, bg_note = _background(results, background)
 
-    sections = [
+    sections = []
+    if results.warnings:
+        sections.append(_section("warnings", "Warnings", [
+            '<ul class="warnings">' + "".join(
+                f"<li><b>{_esc(w)}</b></li>" for w in results.warnings) + "</ul>"]))
+    sections += [
         _section("methods", "Methods", _methods(results)),
         _section("subjects", "Subjects", [_subjects_html(results)]),
     ]

@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 
 from .. import __version__
-from .bids import load_dataset
+from .bids import Dataset, load_dataset
 from .subject import PIPELINE_NAME, AnalysisConfig, default_seeds, process_subject
 
 logger = logging.getLogger("rtfb.offline")
@@ -73,7 +73,31 @@ def _connect(address: str, timeout: float):
                               f"({type(err).__name__}: {err}).") from None
 
 
-def _progress(enabled: bool, total: int):
+def _close_quietly(client, cluster) -> None:
+    """Close the client, then the local cluster, without the nannies' shutdown chatter.
+
+    Every future has been collected, so the nannies' "Worker process still alive after ...
+    seconds, killing" (a worker slow to exit on a loaded machine), heartbeat and
+    connection-closed messages during teardown are not news to the user: they are silenced
+    in this process, and the local cluster's workers log only critical messages
+    (``silence_logs``): a task's error reaches the user through its future, a dead worker
+    through ``KilledWorker``.
+    """
+    names = ("distributed", "distributed.nanny", "distributed.worker", "distributed.core",
+             "distributed.scheduler", "distributed.batched", "distributed.comm")
+    levels = {name: logging.getLogger(name).level for name in names}
+    try:
+        for name in names:
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+        client.close()
+        if cluster is not None:
+            cluster.close(timeout=30)
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def _progress(enabled: bool, total: int | None, description: str = "subjects"):
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -84,7 +108,7 @@ def _progress(enabled: bool, total: int):
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), disable=not enabled, transient=False)
-    return progress, progress.add_task("subjects", total=total)
+    return progress, progress.add_task(description, total=total)
 
 
 def _write_description(pipeline_dir: Path, bids_dir: Path) -> None:
@@ -109,8 +133,10 @@ def analyze(bids_dir, out_dir, *, participants=None, config: AnalysisConfig | No
 
     Parameters
     ----------
-    bids_dir : str | path-like
-        BIDS root (``sub-*/func/*_bold.nii.gz`` + sidecars, ``participants.tsv``).
+    bids_dir : str | path-like | rtfb.offline.bids.Dataset
+        BIDS root (``sub-*/[ses-*/]func/*_bold.nii.gz`` + sidecars, ``participants.tsv``),
+        or a dataset already loaded (and checked) by
+        :func:`~rtfb.offline.bids.load_dataset`.
     out_dir : str | path-like
         Derivatives root; maps go to ``out_dir/rtfb/``.
     participants : str | path-like | None
@@ -146,7 +172,8 @@ def analyze(bids_dir, out_dir, *, participants=None, config: AnalysisConfig | No
     """
     from dask import delayed
 
-    dataset = load_dataset(bids_dir, participants)
+    dataset = (bids_dir if isinstance(bids_dir, Dataset)
+               else load_dataset(bids_dir, participants))
     config = AnalysisConfig() if config is None else config
     if config.seeds is None:
         from dataclasses import replace
@@ -185,8 +212,9 @@ def analyze(bids_dir, out_dir, *, participants=None, config: AnalysisConfig | No
                 from distributed import Client, LocalCluster
 
                 cluster = LocalCluster(n_workers=int(n_workers or 2), threads_per_worker=1,
-                                       processes=True, dashboard_address=None,
-                                       env=dict(_SINGLE_THREAD_ENV))
+                                       processes=True, dashboard_address="127.0.0.1:0",
+                                       env=dict(_SINGLE_THREAD_ENV),
+                                       silence_logs=logging.CRITICAL)
                 client = Client(cluster)
             else:
                 client = _connect(str(scheduler), connect_timeout)
@@ -202,9 +230,7 @@ def analyze(bids_dir, out_dir, *, participants=None, config: AnalysisConfig | No
                     except Exception as err:  # noqa: BLE001 - reported per run
                         record(prefix, None, f"{type(err).__name__}: {err}")
             finally:
-                client.close()
-                if cluster is not None:
-                    cluster.close()
+                _close_quietly(client, cluster)
     results = {k: results[k] for k in sorted(results)}
     if failures:
         lines = "\n".join(f"  {k}: {v}" for k, v in sorted(failures.items()))
@@ -277,9 +303,17 @@ def analyze_command(args: argparse.Namespace) -> int:
         options["seeds"] = seeds
     config = AnalysisConfig(**options) if options else None
     try:
-        results = analyze(args.bids_dir, args.out, participants=args.participants,
-                          config=config, scheduler=args.scheduler, n_workers=args.n_workers,
-                          overwrite=args.overwrite, progress=not args.quiet)
+        dataset = load_dataset(args.bids_dir, args.participants,
+                               mismatched_runs=args.mismatched_runs)
+    except (BIDSError, ValueError) as err:
+        print(f"rtfb analyze: error: {err}")
+        return 2
+    for warning in dataset.warnings:
+        print(f"warning: {warning}")
+    try:
+        results = analyze(dataset, args.out, config=config, scheduler=args.scheduler,
+                          n_workers=args.n_workers, overwrite=args.overwrite,
+                          progress=not args.quiet)
     except (BIDSError, ConnectionError, ValueError) as err:
         print(f"rtfb analyze: error: {err}")
         return 2
@@ -293,31 +327,47 @@ def analyze_command(args: argparse.Namespace) -> int:
     from .network import graph_analysis, ica_analysis
     from .report import write_group_report
 
-    dataset = load_dataset(args.bids_dir, args.participants)
-    try:
-        group = group_analysis(args.out, dataset.participants, metrics=tuple(args.metrics),
-                               n_permutations=args.permutations, seed=args.seed,
-                               classify_metric=args.classify_metric or None,
-                               classify_permutations=args.classify_permutations)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"rtfb analyze: group analysis: {err}")
-        return 2
-    has_atlas = any("atlas" in paths for paths in results.values())
-    if has_atlas:
+    bar, task = _progress(not args.quiet, None, "group")
+    with bar:
+        def step(text, total):
+            bar.update(task, description=f"group: {text}", total=total + 3)
+            bar.advance(task)
+
         try:
-            group.graph = graph_analysis(group, density=args.density)
+            group = group_analysis(args.out, dataset.participants, metrics=tuple(args.metrics),
+                                   n_permutations=args.permutations, seed=args.seed,
+                                   classify_metric=args.classify_metric or None,
+                                   classify_permutations=args.classify_permutations,
+                                   progress=step)
         except (ValueError, FileNotFoundError) as err:
-            group.notes.append(f"graph analysis skipped: {err}")
-    else:
-        group.notes.append("graph analysis skipped: no atlas (give --atlas LABELS.nii.gz).")
-    if args.ica_components is not None:
-        try:
-            group.ica = ica_analysis(group, n_components=args.ica_components, seed=args.seed)
-        except (ValueError, FileNotFoundError) as err:
-            group.notes.append(f"group ICA skipped: {err}")
+            print(f"rtfb analyze: group analysis: {err}")
+            return 2
+        group.warnings[:0] = list(dataset.warnings)
+        has_atlas = any("atlas" in paths for paths in results.values())
+        bar.update(task, description="group: ROI graph")
+        if has_atlas:
+            try:
+                group.graph = graph_analysis(group, density=args.density)
+            except (ValueError, FileNotFoundError) as err:
+                group.notes.append(f"graph analysis skipped: {err}")
+        else:
+            group.notes.append("graph analysis skipped: no atlas (give --atlas LABELS.nii.gz).")
+        bar.advance(task)
+        bar.update(task, description="group: ICA")
+        if args.ica_components is not None:
+            try:
+                group.ica = ica_analysis(group, n_components=args.ica_components,
+                                         seed=args.seed)
+            except (ValueError, FileNotFoundError) as err:
+                group.notes.append(f"group ICA skipped: {err}")
+        bar.advance(task)
+        bar.update(task, description="group: report")
+        report = write_group_report(args.out, group)
+        bar.update(task, description="group: done", completed=bar.tasks[0].total)
     for note in group.notes:
         print(f"note: {note}")
-    report = write_group_report(args.out, group)
+    for warning in group.warnings[len(dataset.warnings):]:
+        print(f"warning: {warning}")
     n_sig = sum(len(c.clusters) for c in group.contrasts.values())
     extra = []
     if group.graph is not None:
@@ -351,6 +401,9 @@ def add_analyze_parser(sub) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="recompute subjects that are already done")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--mismatched-runs", choices=("exclude", "refuse"), default="exclude",
+                   help="runs whose number of volumes or TR differs from the cohort's most "
+                        "common one: leave them out with a warning (default) or stop")
     p.add_argument("--no-group", action="store_true",
                    help="only the subject maps (no group statistics or report)")
     p.add_argument("--metrics", nargs="+", default=["alff", "falff", "reho"],
