@@ -107,7 +107,12 @@ class ContrastResult:
         Every analysed subject's map value at ``peak_ijk`` (order of
         :attr:`GroupResults.participants`).
     files : dict of str to Path
-        Written files (``t``, ``pfwe``, ``qfdr``, ``clusters``).
+        Written files (``t``, ``pfwe``, ``qfdr``, ``clusters``; ``tfce``, ``ptfce``).
+    tfce, p_tfce : numpy.ndarray | None
+        TFCE score (0 outside) and its max-TFCE FWE p (1 outside), general designs only
+        (:mod:`rtfb.offline.design`).
+    tested : numpy.ndarray | None
+        Values of the tested design column per row of ``subjects`` (general designs).
     """
 
     metric: str
@@ -127,6 +132,9 @@ class ContrastResult:
     peak_significant: bool
     peak_values: np.ndarray
     files: dict[str, Path] = field(default_factory=dict)
+    tfce: np.ndarray | None = None
+    p_tfce: np.ndarray | None = None
+    tested: np.ndarray | None = None
 
     @property
     def n_significant(self) -> int:
@@ -168,6 +176,9 @@ class GroupResults:
         ROI-graph analysis, when run (:func:`rtfb.offline.network.graph_analysis`).
     ica : rtfb.offline.network.ICAResults | None
         Group ICA, when run (:func:`rtfb.offline.network.ica_analysis`).
+    design : rtfb.offline.design.Design | None
+        The general design, when the contrasts come from
+        :func:`rtfb.offline.design_analysis.design_analysis`.
     notes : list of str
         Decisions taken on the data (dropped covariates, skipped analyses).
     warnings : list of str
@@ -198,6 +209,7 @@ class GroupResults:
     notes: list[str] = field(default_factory=list)
     files: dict[str, Path] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    design: Any = None
 
     @property
     def cluster_tables(self) -> pd.DataFrame:
@@ -413,7 +425,7 @@ def _n_distinct_permutations(x: np.ndarray) -> float:
 
 
 def model_warnings(label: str, design: np.ndarray, contrast: np.ndarray, threshold: float,
-                   alpha: float, n_permutations: int) -> list[str]:
+                   alpha: float, n_permutations: int, sign_flip: bool = False) -> list[str]:
     """Warnings for a model with too few residual df or too few distinct permutations.
 
     Parameters
@@ -428,6 +440,8 @@ def model_warnings(label: str, design: np.ndarray, contrast: np.ndarray, thresho
         FWE level.
     n_permutations : int
         Permutations drawn.
+    sign_flip : bool
+        The test flips signs (one-sample / paired): ``2**n`` distinct flips.
 
     Returns
     -------
@@ -442,8 +456,11 @@ def model_warnings(label: str, design: np.ndarray, contrast: np.ndarray, thresho
                    f"columns; fewer than {MIN_DF}): FWE critical |t| = {threshold:.3g}, so "
                    "only huge effects can survive and empty maps are expected. Add subjects "
                    "or drop covariates.")
-    tested = design @ np.linalg.pinv(design.T @ design) @ contrast
-    distinct = _n_distinct_permutations(tested)
+    if sign_flip:
+        distinct = float(2.0 ** min(n, 1000))
+    else:
+        distinct = _n_distinct_permutations(design @ np.linalg.pinv(design.T @ design)
+                                            @ contrast)
     if distinct * alpha < 1:
         out.append(f"{label}: only {distinct:.0f} distinct permutations, so no p_FWE can be "
                    f"below {1 / distinct:.3g} (>= alpha {alpha:g}).")

@@ -308,8 +308,15 @@ def analyze_command(args: argparse.Namespace) -> int:
     except (BIDSError, ValueError) as err:
         print(f"rtfb analyze: error: {err}")
         return 2
+    try:
+        spec = _design_spec(args, dataset)
+    except ValueError as err:
+        print(f"rtfb analyze: error: {err}")
+        return 2
     for warning in dataset.warnings:
         print(f"warning: {warning}")
+    if spec is not None:
+        print(f"model: {spec.describe()}")
     try:
         results = analyze(dataset, args.out, config=config, scheduler=args.scheduler,
                           n_workers=args.n_workers, overwrite=args.overwrite,
@@ -334,11 +341,22 @@ def analyze_command(args: argparse.Namespace) -> int:
             bar.advance(task)
 
         try:
-            group = group_analysis(args.out, dataset.participants, metrics=tuple(args.metrics),
-                                   n_permutations=args.permutations, seed=args.seed,
-                                   classify_metric=args.classify_metric or None,
-                                   classify_permutations=args.classify_permutations,
-                                   progress=step)
+            if spec is not None:
+                from .design_analysis import design_analysis
+
+                group = design_analysis(args.out, dataset.participants, spec,
+                                        metrics=tuple(args.metrics),
+                                        n_permutations=args.permutations, seed=args.seed,
+                                        tfce=not args.no_tfce, bids_dir=dataset.root,
+                                        progress=step)
+            else:
+                extra = {} if args.covariates is None else {"covariates": args.covariates}
+                group = group_analysis(args.out, dataset.participants,
+                                       metrics=tuple(args.metrics),
+                                       n_permutations=args.permutations, seed=args.seed,
+                                       classify_metric=args.classify_metric or None,
+                                       classify_permutations=args.classify_permutations,
+                                       progress=step, **extra)
         except (ValueError, FileNotFoundError) as err:
             print(f"rtfb analyze: group analysis: {err}")
             return 2
@@ -379,6 +397,53 @@ def analyze_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _design_spec(args: argparse.Namespace, dataset):
+    """The general design asked for (``--test``/``--sessions``), checked on the tables before
+    any map is computed; None for the default patients-vs-controls + VAS models.
+
+    Raises
+    ------
+    ValueError
+        Sessions in the data but none chosen, unknown sessions or columns, a design without
+        residual degrees of freedom.
+    """
+    from .design import DesignSpec, build_design, read_sessions
+
+    if args.no_group:
+        return None
+    if dataset.sessions and not args.sessions:
+        raise ValueError(f"{dataset.root} has sessions ({', '.join(dataset.sessions)}): "
+                         "choose --sessions PRE POST (paired change) or --sessions LABEL "
+                         "(one session).")
+    if not args.test and not args.sessions and args.subjects == "all":
+        return None
+    sessions = tuple(s if s.startswith("ses-") else f"ses-{s}" for s in args.sessions or ())
+    unknown = [s for s in sessions if s not in dataset.sessions]
+    if unknown:
+        raise ValueError(f"--sessions: {unknown} not in the data (sessions: "
+                         f"{', '.join(dataset.sessions) or 'none'}).")
+    table = dataset.participants
+    if args.test:
+        tests = tuple(args.test)
+    elif len(sessions) == 2:
+        groups = table["group"].astype(str).str.lower().value_counts()
+        both = args.subjects == "all" and (groups >= 2).sum() >= 2
+        tests = ("mean", "group") if both else ("mean",)
+    else:
+        tests = ("group",)
+    sessions_table = read_sessions(dataset.root, list(table.index))
+    if args.covariates is None:
+        known = set(table.columns) | set(sessions_table.columns)
+        covariates = tuple(c for c in ("age", "sex") if c in known and c not in tests)
+    else:
+        covariates = tuple(args.covariates)
+    spec = DesignSpec(tests=tests, covariates=covariates, sessions=sessions or None,
+                      subjects=args.subjects)
+    available = {(run.subject, run.session) for run in dataset.runs}
+    build_design(table, spec, sessions_table=sessions_table, available=available)
+    return spec
+
+
 def add_analyze_parser(sub) -> None:
     """Register ``rtfb analyze``."""
     p = sub.add_parser("analyze", help="offline maps of a BIDS cohort (Dask)",
@@ -410,6 +475,21 @@ def add_analyze_parser(sub) -> None:
                    help="maps compared between groups and with VAS (default alff falff reho)")
     p.add_argument("--permutations", type=int, default=1000,
                    help="permutations of the max-statistic FWE correction (default 1000)")
+    p.add_argument("--sessions", nargs="+", metavar="LABEL",
+                   help="BIDS sessions: two (PRE POST) for the within-subject change "
+                        "POST - PRE (paired designs), one for that session's maps")
+    p.add_argument("--test", action="append", metavar="TERM",
+                   help="term tested by a general GLM, repeatable: 'mean' (one-sample, or "
+                        "paired t with two sessions), 'group' (patients - controls; with two "
+                        "sessions the group x session interaction) or a participants/"
+                        "sessions column (slope; with two sessions its interaction)")
+    p.add_argument("--covariates", nargs="*", metavar="TERM",
+                   help="nuisance terms of the model (default: age and sex when present; "
+                        "'group' allowed); give none to adjust for nothing")
+    p.add_argument("--subjects", choices=("all", "patients", "controls"), default="all",
+                   help="rows of a general design (default all)")
+    p.add_argument("--no-tfce", action="store_true",
+                   help="general designs: skip TFCE (kept: max-|t| FWE and FDR)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the permutations, ICA and cross-validation folds")
     p.add_argument("--seed-roi", type=_seed_roi, action="append", metavar="NAME=ROI",

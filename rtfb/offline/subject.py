@@ -8,7 +8,7 @@ data, with the whole run as the window.
 
 Outputs (BIDS derivatives)::
 
-    OUT_DIR/rtfb/sub-XX/func/<prefix>_desc-<Metric>_map.nii.gz (+ .json sidecar)
+    OUT_DIR/rtfb/sub-XX/[ses-YY/]func/<prefix>_desc-<Metric>_map.nii.gz (+ .json sidecar)
     OUT_DIR/rtfb/sub-XX/func/<prefix>_desc-brain_mask.nii.gz
     OUT_DIR/rtfb/sub-XX/func/<prefix>_desc-clean_bold.nii.gz        (cleaned series, for ICA)
     OUT_DIR/rtfb/sub-XX/func/<prefix>_desc-atlas_timeseries.tsv     (+ .json; with an atlas)
@@ -281,6 +281,9 @@ def process_subject(bold_path, tr: float, out_dir, config: AnalysisConfig | None
         raise ValueError(f"{bold_path}: expected a BIDS name sub-<label>[_...]_bold.nii[.gz].")
     subject = prefix.split("_")[0]
     sub_dir = subject_outputs_dir(out_dir, subject)
+    session = next((e for e in prefix.split("_")[1:2] if e.startswith("ses-")), None)
+    if session is not None:  # BIDS derivatives mirror the ses- folder
+        sub_dir = sub_dir / session
     func_dir = sub_dir / "func"
     marker = sub_dir / f"{prefix}_done.json"
     config_dict = config.as_dict()
