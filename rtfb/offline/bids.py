@@ -168,13 +168,16 @@ def _func_dirs(sub_dir: Path):
             yield ses_dir.name, ses_dir / "func"
 
 
-def find_runs(bids_dir) -> list[Run]:
+def find_runs(bids_dir, input: str = "bids") -> list[Run]:
     """All ``sub-*/[ses-*/]func/*_bold.nii[.gz]`` runs of a BIDS dataset, sorted by path.
 
     Parameters
     ----------
     bids_dir : str | path-like
         BIDS root.
+    input : {"bids", "fmriprep"}
+        ``"fmriprep"``: only fMRIPrep's ``*_space-MNI152NLin2009cAsym*_desc-preproc_bold``
+        runs of a derivatives folder (:mod:`rtfb.offline.fmriprep`).
 
     Returns
     -------
@@ -185,15 +188,22 @@ def find_runs(bids_dir) -> list[Run]:
     BIDSError
         If the folder does not exist, holds no run, or a run has no usable TR.
     """
+    from .._utils.checks import _check_option
+
+    _check_option("input", input, ("bids", "fmriprep"))
     root = Path(bids_dir)
     if not root.is_dir():
         raise BIDSError(f"{root}: BIDS directory not found.")
+    if input == "fmriprep":
+        from .fmriprep import RUN_GLOB as pattern
+    else:
+        pattern = "*_bold.nii*"
     runs = []
     for sub_dir in sorted(root.glob("sub-*")):
         if not (sub_dir.is_dir() and _SUB_RE.match(sub_dir.name)):
             continue
         for session, func in _func_dirs(sub_dir):
-            for path in sorted(func.glob("*_bold.nii*")):
+            for path in sorted(func.glob(pattern)):
                 prefix = _prefix(path.name)
                 if prefix is None:
                     continue
@@ -203,7 +213,7 @@ def find_runs(bids_dir) -> list[Run]:
                 tr, sidecar = _read_tr(root, path, prefix)
                 runs.append(Run(sub_dir.name, path, sidecar, tr, prefix, session))
     if not runs:
-        raise BIDSError(f"{root}: no functional run (sub-*/[ses-*/]func/*_bold.nii.gz) found.")
+        raise BIDSError(f"{root}: no functional run (sub-*/[ses-*/]func/{pattern}) found.")
     return runs
 
 
@@ -400,7 +410,8 @@ def _check_run_lengths(runs: list[Run], policy: str) -> tuple[list[Run], dict]:
 
 
 def load_dataset(bids_dir, participants=None, *, require_participants: bool = True,
-                 mismatched_runs: str = "exclude", same_grid: bool = True) -> Dataset:
+                 mismatched_runs: str = "exclude", same_grid: bool = True,
+                 input: str = "bids") -> Dataset:
     """Runs and participants of a BIDS dataset, checked for the offline analysis.
 
     Parameters
@@ -419,6 +430,8 @@ def load_dataset(bids_dir, participants=None, *, require_participants: bool = Tr
         Require every run on one grid (shape and affine). False when the maps are brought to
         a common space afterwards (spatial normalisation); ``shape``/``affine`` are then the
         first run's.
+    input : {"bids", "fmriprep"}
+        Raw BIDS runs or fMRIPrep derivatives (see :func:`find_runs`).
 
     Returns
     -------
@@ -438,7 +451,7 @@ def load_dataset(bids_dir, participants=None, *, require_participants: bool = Tr
 
     _check_option("mismatched_runs", mismatched_runs, ("exclude", "refuse"))
     root = Path(bids_dir)
-    found = find_runs(root)
+    found = find_runs(root, input)
     runs = []
     shape = affine = None
     first = None

@@ -301,10 +301,15 @@ def analyze_command(args: argparse.Namespace) -> int:
                 print(f"rtfb analyze: error: --seed-roi {name}: no such file {value}")
                 return 2
         options["seeds"] = seeds
+    if args.input == "fmriprep":
+        options.update(input="fmriprep", confounds=args.confounds or "simple")
+    elif args.confounds is not None:
+        print("rtfb analyze: error: --confounds applies to --input fmriprep only")
+        return 2
     config = AnalysisConfig(**options) if options else None
     try:
         dataset = load_dataset(args.bids_dir, args.participants,
-                               mismatched_runs=args.mismatched_runs)
+                               mismatched_runs=args.mismatched_runs, input=args.input)
     except (BIDSError, ValueError) as err:
         print(f"rtfb analyze: error: {err}")
         return 2
@@ -458,6 +463,16 @@ def add_analyze_parser(sub) -> None:
                    help="derivatives folder (maps go to DERIV_DIR/rtfb/)")
     p.add_argument("--participants", metavar="TSV",
                    help="participants table (default BIDS_DIR/participants.tsv)")
+    p.add_argument("--input", choices=("bids", "fmriprep"), default="bids",
+                   help="BIDS_DIR holds raw BIDS runs (default; realigned and cleaned by "
+                        "rtfb) or fMRIPrep derivatives (*_space-MNI152NLin2009cAsym*_desc-"
+                        "preproc_bold + confounds; cleaned with --confounds)")
+    p.add_argument("--confounds", default=None,
+                   choices=("simple", "simple+gsr", "scrubbing", "compcor", "motion24-wmcsf"),
+                   help="fMRIPrep confound strategy (nilearn load_confounds[_strategy]): "
+                        "simple (24 motion + WM/CSF + high-pass; default), simple+gsr (+ "
+                        "global signal), scrubbing (+ censoring FD > 0.5 mm / std DVARS > "
+                        "1.5), compcor (24 motion + aCompCor + high-pass), motion24-wmcsf")
     p.add_argument("--scheduler", metavar="ADDRESS",
                    help="Dask scheduler address (tcp://host:port), or 'synchronous'; "
                         "default: a local cluster of worker processes")
