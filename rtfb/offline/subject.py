@@ -8,7 +8,7 @@ data, with the whole run as the window.
 
 Outputs (BIDS derivatives)::
 
-    OUT_DIR/rtfb/sub-XX/func/<prefix>_desc-<Metric>_map.nii.gz (+ .json sidecar)
+    OUT_DIR/rtfb/sub-XX/[ses-YY/]func/<prefix>_desc-<Metric>_map.nii.gz (+ .json sidecar)
     OUT_DIR/rtfb/sub-XX/func/<prefix>_desc-brain_mask.nii.gz
     OUT_DIR/rtfb/sub-XX/func/<prefix>_desc-clean_bold.nii.gz        (cleaned series, for ICA)
     OUT_DIR/rtfb/sub-XX/func/<prefix>_desc-atlas_timeseries.tsv     (+ .json; with an atlas)
@@ -83,6 +83,11 @@ class AnalysisConfig:
     fd_threshold
         :class:`~rtfb.preprocess.pipeline.Preprocessor` options (``glm`` cumulative by
         default, as in a session; ``n_expected`` and ``tr`` come from the run).
+    input : {"bids", "fmriprep"}
+        ``"fmriprep"``: the runs are fMRIPrep derivatives, cleaned by
+        :func:`rtfb.offline.fmriprep.preprocess_fmriprep_run` instead of the Preprocessor.
+    confounds : str
+        Confound strategy of fMRIPrep input (:data:`rtfb.offline.fmriprep.STRATEGIES`).
     """
 
     band: tuple[float, float] = (0.01, 0.08)
@@ -101,6 +106,8 @@ class AnalysisConfig:
     motion_regressors: bool = True
     glm: str = "cumulative"
     fd_threshold: float = 0.5
+    input: str = "bids"
+    confounds: str = "simple"
 
     def __post_init__(self):
         _check_option("pipeline", self.pipeline, PIPELINES)
@@ -292,8 +299,15 @@ def process_subject(bold_path, tr: float, out_dir, config: AnalysisConfig | None
                   None)
     if prefix is None or not prefix.startswith("sub-"):
         raise ValueError(f"{bold_path}: expected a BIDS name sub-<label>[_...]_bold.nii[.gz].")
+    if config.input == "fmriprep":
+        from .fmriprep import strip_preproc
+
+        prefix = strip_preproc(prefix)
     subject = prefix.split("_")[0]
     sub_dir = subject_outputs_dir(out_dir, subject)
+    session = next((e for e in prefix.split("_")[1:2] if e.startswith("ses-")), None)
+    if session is not None:  # BIDS derivatives mirror the ses- folder
+        sub_dir = sub_dir / session
     func_dir = sub_dir / "func"
     marker = sub_dir / f"{prefix}_done.json"
     config_dict = config.as_dict()
@@ -309,7 +323,12 @@ def process_subject(bold_path, tr: float, out_dir, config: AnalysisConfig | None
     func_dir.mkdir(parents=True, exist_ok=True)
     if marker.exists():
         marker.unlink()
-    pre = preprocess_run(bold_path, tr, config)
+    if config.input == "fmriprep":
+        from .fmriprep import preprocess_fmriprep_run
+
+        pre = preprocess_fmriprep_run(bold_path, tr, config.confounds)
+    else:
+        pre = preprocess_run(bold_path, tr, config)
     data, mask, affine = pre["data"], pre["mask"], pre["affine"]
     n = data.shape[1]
     grid = np.zeros(mask.shape + (n,))
@@ -381,11 +400,12 @@ def process_subject(bold_path, tr: float, out_dir, config: AnalysisConfig | None
         "Sources": [str(bold_path)],
         "Convention": conv,
         "Pipeline": {"Name": config.pipeline, "Steps": steps},
-        "Preprocessing": {"Implementation": "rtfb.preprocess.pipeline.Preprocessor "
-                                            "(real-time code, volume by volume)",
-                          **config.preprocessing(), "n_expected": int(n),
-                          "CensoredVolumes": int(pre["censored"].sum()),
-                          "CensoredVolumesUsed": True},
+        "Preprocessing": pre.get("preprocessing") or {
+            "Implementation": "rtfb.preprocess.pipeline.Preprocessor "
+                              "(real-time code, volume by volume)",
+            **config.preprocessing(), "n_expected": int(n),
+            "CensoredVolumes": int(pre["censored"].sum()),
+            "CensoredVolumesUsed": True},
         "GeneratedBy": [{"Name": "rtfb", "Version": __version__}],
     }
     outputs = {}
@@ -468,14 +488,17 @@ def atlas_timeseries(data: np.ndarray, mask: np.ndarray, affine: np.ndarray,
 def _pipeline_steps(config: AnalysisConfig) -> list[str]:
     """The processing steps of ``config.pipeline``, in order, for the sidecars."""
     pre = config.preprocessing()
-    nuisance = [f"{pre['drift']} drift up to order {pre['drift_order']}"]
-    if pre["motion_regressors"]:
-        nuisance.append("6 motion parameters")
-    steps = ["realignment" if pre["realign"] else "no realignment"]
-    if pre["smoothing_fwhm"]:
-        steps.append(f"smoothing FWHM {pre['smoothing_fwhm']:g} mm")
-    steps.append("brain mask")
-    steps.append(f"nuisance regression over the whole run ({', '.join(nuisance)})")
+    if config.input == "fmriprep":
+        steps = [f"fMRIPrep preprocessed run, confounds regression ({config.confounds!r})"]
+    else:
+        nuisance = [f"{pre['drift']} drift up to order {pre['drift_order']}"]
+        if pre["motion_regressors"]:
+            nuisance.append("6 motion parameters")
+        steps = ["realignment" if pre["realign"] else "no realignment"]
+        if pre["smoothing_fwhm"]:
+            steps.append(f"smoothing FWHM {pre['smoothing_fwhm']:g} mm")
+        steps.append("brain mask")
+        steps.append(f"nuisance regression over the whole run ({', '.join(nuisance)})")
     low, high = (float(b) for b in config.band)
     if config.pipeline == "dpabi":
         steps += [f"ALFF/fALFF (DPABI: zero-padded FFT, {low:g}-{high:g} Hz), "
