@@ -74,8 +74,12 @@ def _free_port() -> int:
 
 
 def run_session(shape, n_subject: int, n_volumes: int, window: int, interval: float,
-                tmp: Path, rss_at: int = 300) -> dict:
-    """Stream and process one session; returns latencies and memory figures."""
+                tmp: Path, rss_at: int = 300, attach=None) -> dict:
+    """Stream and process one session; returns latencies and memory figures.
+
+    ``attach(session, publisher)`` (optional) runs once the publisher is up and returns a
+    ``detach()`` called after the session (e.g. the dashboard, ``rtfb.bench.dashboard``).
+    """
     from simulator import make_subject, stream, write_subject
 
     from ..config import load_protocol
@@ -106,12 +110,15 @@ def run_session(shape, n_subject: int, n_volumes: int, window: int, interval: fl
     with FeedbackPublisher(protocol.output.zmq_address, session_id=session.session_id,
                            on_sent=session.record_message) as publisher:
         session.publisher = publisher
+        detach = attach(session, publisher) if attach is not None else None
         with FolderWatcher(export, gap_timeout=5.0) as watcher:
             player = threading.Thread(target=stream, args=(subject_dir, export), kwargs=dict(
                 tr=2.0, speed=2.0 / interval, volumes=n_volumes, manifest=tmp / "m.json"))
             player.start()
             session.run(watcher, idle_timeout=10.0)
             player.join()
+        if detach is not None:
+            detach()
     session.close()
     rss["end"] = rss_mib()
     manifest = json.loads((tmp / "m.json").read_text())

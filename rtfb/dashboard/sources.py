@@ -23,6 +23,7 @@ from typing import Any
 import zmq
 
 from ..feedback.messages import MessageError, decode
+from ..reporting import condition_colors
 from .model import DashboardModel
 
 __all__ = ["JsonlTail", "LiveFeed", "RecordFeed", "read_protocol_info", "replay_record"]
@@ -118,6 +119,7 @@ def read_protocol_info(session_dir) -> dict[str, Any]:
                     "feedback": bool(b.get("feedback", True))}
                    for b in proto.get("blocks", [])],
     }
+    info["colors"] = condition_colors(b["condition"] for b in info["blocks"])
     for key in ("series_lock", "lock", "series"):
         if isinstance(session.get(key), dict):
             info["lock"] = session[key]

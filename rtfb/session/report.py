@@ -12,10 +12,7 @@ is written.
 
 from __future__ import annotations
 
-import base64
 import datetime as _dt
-import html
-import io
 import math
 import numbers
 import os
@@ -28,6 +25,14 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
+from ..reporting import REPORT_CSS as _CSS
+from ..reporting import condition_colors
+from ..reporting import esc as _esc
+from ..reporting import img as _img
+from ..reporting import new_figure as _new_figure
+from ..reporting import note as _note
+from ..reporting import png_uri as _png_uri
+from ..reporting import section as _section
 from .record_reader import SessionRecord, load_record
 
 __all__ = ["build_report_html", "write_report"]
@@ -235,30 +240,8 @@ def _event_indices(events: Sequence[dict[str, Any]], kind: str) -> tuple[int, li
 
 
 # --------------------------------------------------------------------------- plotting
-def _new_figure(width: float, height: float, layout: str | None = "constrained"):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(width, height), dpi=100, layout=layout)
-    FigureCanvasAgg(figure)
-    return figure
-
-
-def _png_uri(figure) -> str:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100, facecolor="white")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
 def _condition_colors(runs: Sequence[tuple[int, int, str]]) -> dict[str, Any]:
-    from matplotlib import colormaps
-
-    palette = colormaps["Pastel1"].colors + colormaps["Pastel2"].colors
-    colors: dict[str, Any] = {}
-    for _, _, condition in runs:
-        if condition not in colors:
-            colors[condition] = palette[len(colors) % len(palette)]
-    return colors
+    return condition_colors(condition for _, _, condition in runs)
 
 
 def _shade_blocks(ax, runs, colors, *, label: bool) -> None:
@@ -438,40 +421,6 @@ def _plot_map(path: Path, background) -> str:
 
 
 # --------------------------------------------------------------------------- HTML
-_CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 1.5em auto;
-       max-width: 1100px; color: #222; padding: 0 1em; }
-h1 { font-size: 1.5em; margin-bottom: 0.2em; }
-h2 { font-size: 1.2em; border-bottom: 1px solid #ccc; padding-bottom: 0.2em; margin-top: 1.6em; }
-table { border-collapse: collapse; font-size: 0.9em; }
-th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
-th { background: #f4f4f4; }
-table.summary th { width: 16em; }
-tr.error td { background: #fde2e2; }
-tr.warning td { background: #fff3d6; }
-tr.missing td, tr.late td { background: #eef3fb; }
-img { max-width: 100%; height: auto; display: block; margin: 0.4em 0; }
-p.note { color: #666; font-style: italic; }
-p.alert { color: #a40000; font-weight: 600; }
-footer { margin-top: 2em; color: #888; font-size: 0.8em; }
-"""
-
-
-def _esc(value: Any) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
-
-
-def _img(uri: str, alt: str) -> str:
-    return f'<img src="{uri}" alt="{_esc(alt)}">'
-
-
-def _note(text: str) -> str:
-    return f'<p class="note">{_esc(text)}</p>'
-
-
-def _section(section_id: str, title: str, body: list[str]) -> str:
-    return (f'<section id="{section_id}">\n<h2>{_esc(title)}</h2>\n' + "\n".join(body)
-            + "\n</section>")
 
 
 def _summary_rows(record: SessionRecord, stats: dict[str, Any]) -> list[tuple[str, str]]:
