@@ -280,7 +280,7 @@ def _add_time_axis(ax, tr: float | None) -> None:
 
 
 def _plot_feedback(series: _Series, runs, colors, targets, missing: list[int],
-                   tr: float | None) -> str:
+                   tr: float | None, marks: Sequence[tuple[int, str]] = ()) -> str:
     figure = _new_figure(10, 3.4)
     ax = figure.add_subplot()
     _shade_blocks(ax, runs, colors, label=True)
@@ -299,6 +299,10 @@ def _plot_feedback(series: _Series, runs, colors, targets, missing: list[int],
     for k, index in enumerate(missing):
         ax.axvline(index, color="red", lw=0.8, alpha=0.7,
                    label="missing volume" if k == 0 else None)
+    for k, (index, label) in enumerate(marks):  # operator marks (dashboard)
+        ax.axvline(index, color="C9", lw=1.4, label="operator mark" if k == 0 else None)
+        ax.text(index, 0.02, f" {label}", transform=ax.get_xaxis_transform(), rotation=90,
+                fontsize=7, color="C9", va="bottom", clip_on=True)
     if np.all(np.isnan(feedback)):
         ax.text(0.5, 0.5, "no feedback value recorded (warm-up or no feedback)",
                 transform=ax.transAxes, ha="center", va="center", color="0.4")
@@ -519,10 +523,13 @@ def build_report_html(record: SessionRecord, *, fd_threshold: float | None = Non
         shows_feedback = any(not isinstance(v.get("block"), dict)
                              or v["block"].get("feedback") is not False for v in volumes)
         targets = _targets(record.messages) if shows_feedback else []
-        uri = _plot_feedback(series, runs, colors, targets, missing_indices, tr)
+        marks = [(int(e["index"]), str(e.get("message", ""))) for e in events
+                 if e.get("kind") == "mark" and _int_or_none(e.get("index")) is not None]
+        uri = _plot_feedback(series, runs, colors, targets, missing_indices, tr, marks)
         body = [_img(uri, "feedback value over time"),
                 _note("Feedback value shown to the participant per volume (gaps: warm-up or "
-                      "no value); shaded: protocol blocks; red lines: missing volumes.")]
+                      "no value); shaded: protocol blocks; red lines: missing volumes; "
+                      "labelled lines: events marked by the operator.")]
     else:
         body = [_note("No volume was processed.")]
     sections.append(_section("feedback", "Feedback", body))
