@@ -98,7 +98,7 @@
       cursor: { drag: { x: false, y: false } },
       scales: Object.assign({ x: { time: false, range: () => xRange() } }, scales || {}),
       series: [{ label: "volume" }].concat(series),
-      axes: [{ label: "" }].concat(axes),
+      axes: [{ size: 32 }].concat(axes),
       hooks: { drawClear: [shadeBlocks], draw: [markEvents].concat(extraHooks || []) },
     };
     const data = [[]].concat(series.map(() => []));
