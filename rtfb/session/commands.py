@@ -48,6 +48,14 @@ def add_run_parser(sub) -> None:
                    help="--simulate: volumes come every TR/speed seconds (default 20)")
     p.add_argument("--shape", type=int, nargs=3, default=(40, 40, 24), metavar=("X", "Y", "Z"),
                    help="--simulate: grid of the synthetic subject")
+    p.add_argument("--participant-model", default="responder",
+                   choices=("responder", "non-responder", "learner"),
+                   help="--simulate: virtual participant whose target signal follows the "
+                        "protocol's blocks (default: responder); its truth is copied into "
+                        "the session folder (simulation/)")
+    p.add_argument("--participant-run", type=int, default=1, metavar="N",
+                   help="--simulate: run number of the virtual participant (a learner "
+                        "improves with it; default 1)")
     p.add_argument("--zmq", metavar="ADDRESS", help="override the protocol's ZeroMQ address")
     p.add_argument("--idle-timeout", type=float, default=None,
                    help="stop when no volume arrives for this many seconds")
@@ -88,13 +96,18 @@ def _status_table(status: SessionStatus, n_expected: int) -> Table:
     return table
 
 
-def _simulated_source(protocol, tmp: Path, speed: float, shape, stop: threading.Event):
-    from simulator import make_subject, stream, write_subject
+def _simulated_source(protocol, tmp: Path, speed: float, shape, stop: threading.Event,
+                      model: str = "responder", run: int = 1):
+    from simulator import stream, write_subject
+    from simulator.participant import ParticipantModel, make_participant
 
     from ..ingest import FolderWatcher
 
-    subject = make_subject(shape=tuple(shape), n_volumes=protocol.session.volumes,
-                           tr=protocol.session.tr, motion=True, seed=0)
+    tables = {"session": {"tr": protocol.session.tr, "volumes": protocol.session.volumes},
+              "blocks": [{"condition": b.condition, "volumes": b.volumes,
+                          "feedback": b.feedback} for b in protocol.blocks]}
+    subject = make_participant(tables, ParticipantModel(kind=model, run=run),
+                               shape=tuple(shape), motion=True, seed=0)
     write_subject(subject, tmp / "subject")
     export = tmp / "export"
     export.mkdir()
@@ -140,8 +153,12 @@ def run_command(args: argparse.Namespace) -> int:
         tmp = Path(tempfile.mkdtemp(prefix="rtfb-simulate-"))
         console.print(f"simulating a subject in {tmp} (TR {protocol.session.tr} s played at "
                       f"{args.speed}x)")
-        source, player, simulator_dir = _simulated_source(protocol, tmp, args.speed, args.shape,
-                                                          stop)
+        if args.participant_run < 1:
+            args.command_parser.error(f"--participant-run must be >= 1, got "
+                                      f"{args.participant_run}")
+        source, player, simulator_dir = _simulated_source(
+            protocol, tmp, args.speed, args.shape, stop, args.participant_model,
+            args.participant_run)
         source_info = {"kind": "simulate", "directory": str(tmp / "export")}
     elif args.watch:
         source = FolderWatcher(args.watch, first_index=first_index)
@@ -159,6 +176,11 @@ def run_command(args: argparse.Namespace) -> int:
     publisher = FeedbackPublisher(address, session_id=session.session_id,
                                   on_sent=session.record_message)
     session.publisher = publisher
+    if simulator_dir is not None:  # the virtual participant's truth, for the report/tests
+        import shutil
+
+        shutil.copytree(simulator_dir, out_dir / "simulation", dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("bold.nii.gz"))
 
     finished = threading.Event()  # not Thread.join(): an interrupted join() can return early
 

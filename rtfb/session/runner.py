@@ -178,7 +178,7 @@ class Session:
         self.engine = MetricEngine(
             m.kind, self.preprocessor.mask_, self.rois, roi=m.roi, seed=m.seed,
             target=m.target, window=m.window, tr=p.session.tr, band=tuple(m.band),
-            neighborhood=m.neighborhood, maps=tuple(m.maps))
+            neighborhood=m.neighborhood, maps=tuple(m.maps), cleaner=self.preprocessor)
         fb = p.feedback
         if fb is None:  # monitoring: values are recorded, nothing is fed back
             self.mapper = FeedbackMapper()
@@ -321,7 +321,7 @@ class Session:
             self._block_index = block.index
         flags = []
         motion, fd, censored = None, None, False
-        vec = None
+        vec = result = None
         if volume is not None:
             try:
                 result = self.preprocessor.transform(volume)
@@ -336,7 +336,9 @@ class Session:
             vec = self._last_vec
         values = {}
         if vec is not None:
-            values = self.engine.partial_fit(vec)
+            # the engine cleans its whole window with the current nuisance fit
+            values = (self.engine.partial_fit() if result is None else
+                      self.engine.partial_fit(result.uncleaned, result.design_row))
             if self._last_vec is None:
                 self._last_vec = np.empty_like(vec)
             if vec is not self._last_vec:
