@@ -59,8 +59,9 @@ class MetricEngine:
 
     Parameters
     ----------
-    kind : {"psc", "alff", "falff", "reho", "seed_fc"}
-        Primary metric fed back.
+    kind : {"psc", "alff", "falff", "reho", "seed_fc", "roi_fc"}
+        Primary metric fed back (``roi_fc``: Fisher z between the seed ROI's and the target
+        ROI's mean series).
     mask : ndarray of bool, shape (X, Y, Z)
         Brain mask; every update takes an in-mask vector (C order).
     rois : dict of str -> ndarray of bool, shape (X, Y, Z)
@@ -78,13 +79,17 @@ class MetricEngine:
         ReHo neighbourhood.
     maps : sequence of str
         Whole-brain maps to provide (``"alff"``, ``"falff"``, ``"reho"``).
+    subtract_roi : str | None
+        ROI whose value of the metric is subtracted (ROI difference feedback); the values
+        of both ROIs are returned too, as ``<kind>_<roi>``.
     cleaner : object with ``clean_rows(uncleaned, design_rows, signals)`` | None
         The session's :class:`~rtfb.preprocess.pipeline.Preprocessor`; ``None``: the
         vectors given to :meth:`partial_fit` are used as they are (already clean).
     """
 
     def __init__(self, kind, mask, rois, *, roi=None, seed=None, target=None, window=64,
-                 tr=2.0, band=(0.01, 0.08), neighborhood=27, maps=(), cleaner=None):
+                 tr=2.0, band=(0.01, 0.08), neighborhood=27, maps=(), cleaner=None,
+                 subtract_roi=None):
         self.kind = kind
         self.mask = np.asarray(mask, dtype=bool)
         self.window = int(window)
@@ -107,14 +112,15 @@ class MetricEngine:
                 raise ValueError(f"ROI {name!r} has no voxel inside the brain mask.")
             return sel
 
-        if kind in ("psc", "alff", "falff"):
-            needed = voxels(roi)
-            self._parts = {"roi": needed}
-        elif kind == "reho":
-            roi_mask = voxels(roi)
-            needed = ndimage.binary_dilation(roi_mask, np.ones((3, 3, 3), bool)) & self.mask
-            self._parts = {"roi": roi_mask}
-        elif kind == "seed_fc":
+        self.roi, self.subtract_roi = roi, subtract_roi
+        if kind in ("psc", "alff", "falff", "reho"):
+            self._parts = {"roi": voxels(roi)}
+            if subtract_roi is not None:
+                self._parts["subtract"] = voxels(subtract_roi)
+            needed = np.logical_or.reduce(list(self._parts.values()))
+            if kind == "reho":
+                needed = ndimage.binary_dilation(needed, np.ones((3, 3, 3), bool)) & self.mask
+        elif kind in ("seed_fc", "roi_fc"):
             seed_mask, target_mask = voxels(seed), voxels(target)
             needed = seed_mask | target_mask
             self._parts = {"seed": seed_mask, "target": target_mask}
@@ -132,7 +138,7 @@ class MetricEngine:
             self._box = box
             self._box_mask = needed[box]
             self._box_local = local[box][self._box_mask]
-            self._box_roi = roi_mask[box][self._box_mask]
+            self._box_parts = {name: m[box][self._box_mask] for name, m in self._parts.items()}
         n = self.window + 1 if kind == "psc" else self.window
         self._data = _Window(n)
         self._rows = _Window(n)
@@ -183,22 +189,34 @@ class MetricEngine:
 
     def _primary(self, clean: np.ndarray) -> dict:
         kind = self.kind
+        if kind in ("seed_fc", "roi_fc"):
+            seed = clean[:, self._local["seed"]].mean(axis=1)
+            target = clean[:, self._local["target"]]
+            if kind == "roi_fc":
+                target = target.mean(axis=1)
+            return {kind: float(np.mean(seed_fc(seed, target.T)))}
+        values = self._roi_values(clean)
+        if self.subtract_roi is None:
+            return values
+        sub = self._roi_values(clean, "subtract")[kind]
+        return {kind: values[kind] - sub, f"{kind}_{self.roi}": values[kind],
+                f"{kind}_{self.subtract_roi}": sub}
+
+    def _roi_values(self, clean: np.ndarray, part: str = "roi") -> dict:
+        kind = self.kind
         if kind == "psc":
-            x = clean[:, self._local["roi"]].mean(axis=1)
+            x = clean[:, self._local[part]].mean(axis=1)
             base = x[:-1].mean()
             value = float("nan") if base == 0 else float(100.0 * (x[-1] - base) / base)
             return {"psc": value, "roi_mean": float(x[-1])}
         if kind in ("alff", "falff"):
             fn = alff if kind == "alff" else falff
-            return {kind: float(np.mean(fn(clean[:, self._local["roi"]].T, self.tr,
+            return {kind: float(np.mean(fn(clean[:, self._local[part]].T, self.tr,
                                            self.band)))}
-        if kind == "seed_fc":
-            seed = clean[:, self._local["seed"]].mean(axis=1)
-            return {"seed_fc": float(np.mean(seed_fc(seed, clean[:, self._local["target"]].T)))}
         data = np.zeros(self._box_mask.shape + (clean.shape[0],))
         data[self._box_mask] = clean[:, self._box_local].T
         w = reho(data, self._box_mask, self.neighborhood)[self._box_mask]
-        return {"reho": float(np.mean(w[self._box_roi]))}
+        return {"reho": float(np.mean(w[self._box_parts[part]]))}
 
     # -------------------------------------------------------------------------- maps
     def current_map(self, name: str) -> np.ndarray:

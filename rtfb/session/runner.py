@@ -34,6 +34,7 @@ from .metric_engine import MetricEngine
 from .record import SessionRecorder
 from .record_reader import load_record
 from .rois import resolve_rois
+from .schedules import FeedbackSchedule
 
 logger = logging.getLogger("rtfb.session")
 
@@ -110,6 +111,8 @@ class Session:
         self.on_status = on_status
         self.status = SessionStatus()
         self.schedule = BlockSchedule(protocol.blocks)
+        self.feedback_schedule = FeedbackSchedule(  # continuous/intermittent, sham, shaping
+            protocol.feedback if protocol.session.participant_feedback else None, self.schedule)
         self._silent = False
         self._state_ready = False
         self._last_vec = None
@@ -178,7 +181,8 @@ class Session:
         self.engine = MetricEngine(
             m.kind, self.preprocessor.mask_, self.rois, roi=m.roi, seed=m.seed,
             target=m.target, window=m.window, tr=p.session.tr, band=tuple(m.band),
-            neighborhood=m.neighborhood, maps=tuple(m.maps), cleaner=self.preprocessor)
+            neighborhood=m.neighborhood, maps=tuple(m.maps), cleaner=self.preprocessor,
+            subtract_roi=getattr(m, "subtract_roi", None))
         fb = p.feedback
         if fb is None:  # monitoring: values are recorded, nothing is fed back
             self.mapper = FeedbackMapper()
@@ -233,6 +237,7 @@ class Session:
             "affine": reference.affine, "tr": p.session.tr, "n_expected": p.session.volumes,
             "zmq_address": p.output.zmq_address, "schema_version": SCHEMA_VERSION,
             "protocol_dir": str(Path(p.path).parent) if p.path else None,
+            "feedback_schedule": self.feedback_schedule.record_info(),
         }
 
     # ---------------------------------------------------------------- messages
@@ -355,7 +360,7 @@ class Session:
         show = bool(block.feedback and self.protocol.session.participant_feedback)
         if not show:
             flags.append("no_feedback")
-        shown = value if show else None
+        shown, show_bar, target = self.feedback_schedule.apply(index, block, value, show)
         state = "feedback" if show else "rest"
         if "motion" in flags:
             state = "motion"
@@ -363,14 +368,13 @@ class Session:
         msg = self._base_message("feedback", index, acquisition_time, received)
         msg.update(value=shown, raw=values, block=block.as_dict(), fd=fd,
                    flags=[f for f in flags if f in FLAGS],
-                   target=None if self.protocol.feedback is None
-                   else self.protocol.feedback.target,
-                   display={"show_bar": show, "state": state})
+                   target=None if self.protocol.feedback is None else target,
+                   display={"show_bar": show_bar, "state": state})
         self._publish("feedback", msg)
         published = msg["time_published"] if msg["time_published"] is not None else processed
         entry = {"index": index, "block": block.as_dict(), "motion": motion, "fd": fd,
                  "censored": censored, "metrics": values, "feedback": shown,
-                 "feedback_value": value, "flags": flags,
+                 "feedback_value": value, "target": target, "flags": flags,
                  "times": {"received": received, "processed": processed,
                            "published": published},
                  "latency_ms": (published - received) * 1e3}

@@ -121,8 +121,11 @@ def truth_metric(loop: dict) -> np.ndarray:
         if m.kind == "psc":
             if t < w:
                 continue
-            x = series[names[m.roi]].astype(np.float64).mean(axis=0)[t - w:t + 1]
-            out[t] = psc(x, slice(0, w))[-1]
+            values = []
+            for roi in m.rois:
+                x = series[names[roi]].astype(np.float64).mean(axis=0)[t - w:t + 1]
+                values.append(psc(x, slice(0, w))[-1])
+            out[t] = values[0] - (values[1] if len(values) > 1 else 0.0)
             continue
         if t < w - 1:
             continue
@@ -130,9 +133,12 @@ def truth_metric(loop: dict) -> np.ndarray:
         if m.kind == "alff":
             out[t] = alff(series[names[m.roi]][:, sl].astype(np.float64), 2.0,
                           m.band).mean()
-        elif m.kind == "seed_fc":
+        elif m.kind in ("seed_fc", "roi_fc"):
             seed = series[names[m.seed]][:, sl].astype(np.float64).mean(axis=0)
-            out[t] = seed_fc(seed, series[names[m.target]][:, sl].astype(np.float64)).mean()
+            target = series[names[m.target]][:, sl].astype(np.float64)
+            if m.kind == "roi_fc":
+                target = target.mean(axis=0)
+            out[t] = np.mean(seed_fc(seed, target))
     return out
 
 

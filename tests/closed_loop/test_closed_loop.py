@@ -101,3 +101,35 @@ def test_psc_responder(tmp_path):
 @pytest.mark.slow
 def test_psc_non_responder(tmp_path):
     _check_non_responder(_loop(tmp_path, PSC, "non-responder"), "psc", relative=False)
+
+
+ACUPUNCTURE = dict(
+    blocks=[("baseline", 60, False), ("needling", 60, False), ("post", 40, False)],
+    participant_feedback=False,
+    metric='kind = "alff"\nroi = "insula"\nwindow = 30\nband = [0.01, 0.1]\n'
+           'whole_brain = true\nmaps = ["alff"]',
+    feedback='baseline = "block:baseline"\nchange = "relative"\nscale = 0.2')
+
+
+def _relative_change(loop, series):
+    p = loop["protocol"]
+    base = np.nanmean(series[p.baseline_block.start:p.baseline_block.stop])
+    needling = p.blocks[1]
+    onset = series[needling.start:needling.start + 20]  # first 40 s of needling
+    late = series[needling.start + needling.volumes // 2:needling.stop]
+    return (np.nanmean(onset) - base) / base, (np.nanmean(late) - base) / base
+
+
+@pytest.mark.parametrize("model", ["non-responder", "responder"])
+def test_acupuncture_monitoring(tmp_path, model):
+    path = write_protocol(tmp_path, **ACUPUNCTURE)
+    loop = run_loop(tmp_path, path, model)
+    assert all(v["feedback"] is None for v in loop["record"].volumes)  # operator view only
+    onset, late = _relative_change(loop, recorded(loop, "alff"))
+    t_onset, t_late = _relative_change(loop, truth_metric(loop))
+    if model == "non-responder":  # no change at needling onset (nor later) without effect
+        assert abs(onset) < 0.08 and abs(late) < 0.08, (onset, late, t_onset, t_late)
+    else:  # the planted -30 % is found, as large as in the truth
+        assert late < -0.15, (late, t_late)
+        assert late == pytest.approx(t_late, abs=0.08)
+    assert onset == pytest.approx(t_onset, abs=0.08)
