@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from ..metrics import alff, falff, reho, seed_fc
+from ..metrics import SlidingReHo, alff, falff, reho, seed_fc
 
 MAP_KINDS = ("alff", "falff", "reho")
 
@@ -49,9 +49,11 @@ class _Window:
     def full(self) -> bool:
         return self.n_seen >= self.n
 
-    def ordered(self) -> np.ndarray:
+    def ordered(self, columns=None) -> np.ndarray:
+        """The window in time order (a new array; only ``columns`` when given)."""
         start = self.n_seen % self.n
-        return np.concatenate([self.buf[start:], self.buf[:start]]) if start else self.buf
+        order = np.r_[start:self.n, 0:start]
+        return self.buf[order] if columns is None else self.buf[np.ix_(order, columns)]
 
 
 class MetricEngine:
@@ -126,23 +128,25 @@ class MetricEngine:
             self._parts = {"seed": seed_mask, "target": target_mask}
         else:
             raise ValueError(f"Unknown metric kind {kind!r}.")
+        own = needed
         if self.maps:  # whole-brain window: the primary reads its voxels from it
             needed = self.mask.copy()
         self._signals = index[needed]  # in-mask indices of the kept voxels
+        self._own = np.flatnonzero(own[needed])  # kept columns the primary needs
         local = np.full(self.mask.shape, -1, dtype=np.int64)
-        local[needed] = np.arange(int(needed.sum()))
+        local[own] = np.arange(int(own.sum()))
         self._local = {name: local[m] for name, m in self._parts.items()}
         if kind == "reho":
             box = tuple(slice(int(a), int(b) + 1) for a, b in
-                        zip(np.argwhere(needed).min(0), np.argwhere(needed).max(0), strict=True))
+                        zip(np.argwhere(own).min(0), np.argwhere(own).max(0), strict=True))
             self._box = box
-            self._box_mask = needed[box]
+            self._box_mask = own[box]
             self._box_local = local[box][self._box_mask]
             self._box_parts = {name: m[box][self._box_mask] for name, m in self._parts.items()}
         n = self.window + 1 if kind == "psc" else self.window
         self._data = _Window(n)
         self._rows = _Window(n)
-        self._cache: tuple[int, np.ndarray] | None = None
+        self._cache = self._cache_all = None
 
     # ----------------------------------------------------------------------- updates
     def partial_fit(self, data=None, design_row=None) -> dict:
@@ -166,25 +170,31 @@ class MetricEngine:
         else:
             self._data.push(np.asarray(data)[self._signals])
             self._rows.push(np.zeros(1) if design_row is None else design_row)
-        self._cache = None
+        self._cache = self._cache_all = None
         if not self._data.full:
             values = {self.kind: float("nan")}
             if self.kind == "psc":
                 values["roi_mean"] = float("nan")
             return values
-        clean = self._clean()
-        return self._primary(clean)
+        return self._primary(self._clean())
 
-    def _clean(self) -> np.ndarray:
-        """The window (time x kept voxels) cleaned with the current nuisance estimate."""
-        if self._cache is not None:
-            return self._cache
-        y = self._data.ordered()
+    def _clean(self, everything: bool = False) -> np.ndarray:
+        """The window (time x primary's voxels, or all kept) cleaned by the current fit."""
+        cached = self._cache_all if everything else self._cache
+        if cached is not None:
+            return cached
+        signals, columns = self._signals, None
+        if not everything and self._own.size != signals.size:
+            signals, columns = signals[self._own], self._own
+        y = self._data.ordered(columns)
         if self.cleaner is None:
             out = y.copy()
         else:
-            out = self.cleaner.clean_rows(y, self._rows.ordered(), self._signals)
-        self._cache = out
+            out = self.cleaner.clean_rows(y, self._rows.ordered(), signals)
+        if everything:
+            self._cache_all = out
+        else:
+            self._cache = out
         return out
 
     def _primary(self, clean: np.ndarray) -> dict:
@@ -230,11 +240,13 @@ class MetricEngine:
         if not self._data.full:
             out[self.mask] = np.nan
             return out
-        clean = self._clean()
-        if name == "reho":
-            data = np.zeros(self.mask.shape + (clean.shape[0],))
-            data[self.mask] = clean.T
-            return reho(data, self.mask, self.neighborhood)
+        clean = self._clean(everything=True)
+        if name == "reho":  # = reho() on the window; the numba rank updates are faster
+            state = SlidingReHo(clean.shape[0], self.mask, self.neighborhood)
+            for row in clean:
+                state.partial_fit(row)
+            out[self.mask] = state.reho_
+            return out
         fn = alff if name == "alff" else falff
         out[self.mask] = fn(clean.T, self.tr, self.band)
         return out
