@@ -25,12 +25,15 @@ import nibabel as nib
 import numba
 import numpy as np
 
+from ..dashboard.commands import CommandQueue
 from ..feedback.mapping import FeedbackMapper
 from ..feedback.messages import FLAGS, SCHEMA_VERSION
 from ..ingest import Late, Missing, Volume
+from ..metrics.qa import RunningQA
 from ..preprocess.pipeline import Preprocessor
 from .blocks import BlockSchedule
 from .metric_engine import MetricEngine
+from .operator import apply_commands
 from .record import SessionRecorder
 from .record_reader import load_record
 from .rois import resolve_rois
@@ -120,6 +123,8 @@ class Session:
         self._baseline_maps: dict[str, np.ndarray] = {}
         self._processed: set[int] = set()
         self._received: set[int] = set()
+        self.commands = CommandQueue()  # operator commands (dashboard), applied between volumes
+        self.feedback_paused = False
         self._open_record()
 
     # ------------------------------------------------------------------ set-up
@@ -142,7 +147,7 @@ class Session:
         pre = Preprocessor(glm="cumulative", n_expected=4, smoothing_fwhm=4.0).fit(
             Volume(vols[0], affine, 0))
         states = [SlidingALFF(3, 10.0, (0.01, 0.05)), SlidingReHo(3, mask), SlidingPSC(3),
-                  SlidingSeedFC(3, np.arange(2))]
+                  SlidingSeedFC(3, np.arange(2)), RunningQA()]
         for i, vol in enumerate(vols):
             data = pre.transform(Volume(vol, affine, i)).data
             for state in states:
@@ -183,6 +188,10 @@ class Session:
             target=m.target, window=m.window, tr=p.session.tr, band=tuple(m.band),
             neighborhood=m.neighborhood, maps=tuple(m.maps), cleaner=self.preprocessor,
             subtract_roi=getattr(m, "subtract_roi", None))
+        in_mask = np.cumsum(self.preprocessor.mask_.ravel()) - 1  # voxel -> position in vec
+        self.qa = RunningQA({name: in_mask[np.flatnonzero(roi.ravel() &
+                                                          self.preprocessor.mask_.ravel())]
+                             for name, roi in self.rois.items()})
         fb = p.feedback
         if fb is None:  # monitoring: values are recorded, nothing is fed back
             self.mapper = FeedbackMapper()
@@ -326,13 +335,14 @@ class Session:
             self._block_index = block.index
         flags = []
         motion, fd, censored = None, None, False
-        vec = result = None
+        vec = result = qa = None
         if volume is not None:
             try:
                 result = self.preprocessor.transform(volume)
                 vec, motion, fd, censored = result.data, result.motion, result.fd, \
                     result.censored
                 flags.extend(result.flags)
+                qa = self.qa.partial_fit(result.uncleaned).summary()
             except ValueError as err:
                 self._event("error", f"volume {index} rejected: {err}", index)
                 flags.append("rejected")
@@ -358,6 +368,9 @@ class Session:
         else:
             flags.append("baseline")
         show = bool(block.feedback and self.protocol.session.participant_feedback)
+        if show and self.feedback_paused:  # operator pause (dashboard)
+            show = False
+            flags.append("paused")
         if not show:
             flags.append("no_feedback")
         shown, show_bar, target = self.feedback_schedule.apply(index, block, value, show)
@@ -369,12 +382,13 @@ class Session:
         msg.update(value=shown, raw=values, block=block.as_dict(), fd=fd,
                    flags=[f for f in flags if f in FLAGS],
                    target=None if self.protocol.feedback is None else target,
-                   display={"show_bar": show_bar, "state": state})
+                   display={"show_bar": show_bar, "state": state}, qa=qa,
+                   baseline=getattr(self.mapper, "baseline_", None))
         self._publish("feedback", msg)
         published = msg["time_published"] if msg["time_published"] is not None else processed
         entry = {"index": index, "block": block.as_dict(), "motion": motion, "fd": fd,
                  "censored": censored, "metrics": values, "feedback": shown,
-                 "feedback_value": value, "target": target, "flags": flags,
+                 "feedback_value": value, "target": target, "flags": flags, "qa": qa,
                  "times": {"received": received, "processed": processed,
                            "published": published},
                  "latency_ms": (published - received) * 1e3}
@@ -499,6 +513,8 @@ class Session:
         n_expected = self.protocol.session.volumes
         try:
             while not stop_event.is_set():
+                if apply_commands(self, stop_event) and stop_event.is_set():
+                    break
                 if self._processed and max(self._processed) >= n_expected - 1:
                     break
                 try:
