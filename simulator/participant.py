@@ -24,6 +24,7 @@ and the planted per-volume factors) goes into ``truth["participant"]`` of the su
 
 from __future__ import annotations
 
+import importlib
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,10 +34,8 @@ from scipy import stats
 
 from .synthetic import SyntheticSubject, make_subject
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+# the standard library's TOML reader (tomli, its backport, on Python 3.10)
+tomllib = importlib.import_module("tomllib" if sys.version_info >= (3, 11) else "tomli")
 
 __all__ = ["PARTICIPANT_MODELS", "ParticipantModel", "canonical_hrf", "make_participant",
            "protocol_blocks"]
