@@ -71,7 +71,7 @@ _METRIC_KEYS = ("kind", "roi", "seed", "target", "window", "band", "neighborhood
                 "whole_brain", "maps", "subtract_roi")
 _FEEDBACK_KEYS = ("baseline", "direction", "change", "scale", "clip", "smoothing", "target",
                   "schedule", "every", "sham", "shaping", "shaping_step", "shaping_success",
-                  "shaping_from")
+                  "shaping_from", "max_delay")
 _OUTPUT_KEYS = ("zmq_address", "write_maps_every")
 
 
@@ -322,6 +322,9 @@ class FeedbackConfig:
         target that makes it harder.
     shaping_from : pathlib.Path | None
         Previous session of the same participant: start from the target it ended with.
+    max_delay : float | None
+        Seconds after its file was complete within which a feedback value may still be shown
+        (older values are published flagged ``stale``, with no value); None: half a TR.
     """
 
     direction: str
@@ -339,6 +342,7 @@ class FeedbackConfig:
     shaping_step: float = 0.05
     shaping_success: float = 0.5
     shaping_from: Path | None = None
+    max_delay: float | None = None
 
 
 @dataclass(frozen=True)
@@ -776,7 +780,8 @@ def _parse_feedback(top: Section, session: SessionConfig, blocks: tuple[Block, .
         schedule=schedule, every=every, sham=sham, shaping=shaping,
         shaping_step=sec.number("shaping_step", 0.05, gt=0, le=0.5),
         shaping_success=sec.number("shaping_success", 0.5, gt=0, le=1),
-        shaping_from=shaping_from)
+        shaping_from=shaping_from,
+        max_delay=sec.number("max_delay", None, gt=0, unit="seconds"))
 
 
 def _parse_output(top: Section, metric: MetricConfig) -> OutputConfig:
