@@ -38,3 +38,23 @@ class ProtocolError(RtfbError, ValueError):
 
     def __reduce__(self):
         return type(self), (self.source, self.key, self.reason)
+
+
+class UsageError(RtfbError, ValueError):
+    """A command-line value or a path given on the command line is unusable.
+
+    The message names the option (or argument), the value found and what was expected;
+    the ``rtfb`` command prints it on one line and exits with status 2.
+    """
+
+
+class RecordError(RtfbError, ValueError):
+    """A session record is incomplete, inconsistent or fails its checksums.
+
+    The message names the file and the first bad entry (e.g. the volume whose data no
+    longer matches its recorded SHA-256).
+    """
+
+
+class AuthenticationError(RtfbError):
+    """A key file cannot be used, or a message or frame fails its authentication tag."""

@@ -7,39 +7,44 @@ import sys
 import time
 from collections.abc import Sequence
 
+from rtfb._utils.argtypes import Parser, integer, number, zmq_address
 from rtfb.feedback.messages import DEFAULT_ADDRESS
 
 from .state import Snapshot
 
-__all__ = ["build_parser", "display_main", "format_snapshot"]
+__all__ = ["add_arguments", "build_parser", "display_main", "format_snapshot", "run"]
 
 
-def build_parser(prog: str = "rtfb display") -> argparse.ArgumentParser:
-    """Return the argument parser of the display command."""
-    p = argparse.ArgumentParser(
-        prog=prog,
-        description=("Show the neurofeedback to the participant: subscribe to the session's "
-                     "messages and draw the thermometer, cues and status screens (PsychoPy), "
-                     "or print the states without a screen (--headless). Esc closes the "
-                     "window."),
-    )
-    p.add_argument("--address", default=DEFAULT_ADDRESS,
+DESCRIPTION = ("Show the neurofeedback to the participant: subscribe to the session's "
+               "messages and draw the thermometer, cues and status screens (PsychoPy), "
+               "or print the states without a screen (--headless). Esc closes the window.")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the display options to ``p`` (``rtfb display`` and ``python -m rtfb.display``)."""
+    p.add_argument("--address", default=DEFAULT_ADDRESS, type=zmq_address,
                    help=f"publisher endpoint to connect to (default: {DEFAULT_ADDRESS})")
     p.add_argument("--fullscr", action="store_true", help="full screen (participant screen)")
-    p.add_argument("--screen", type=int, default=0,
+    p.add_argument("--screen", type=integer(ge=0, le=64), default=0,
                    help="screen number for the window (default: 0)")
-    p.add_argument("--size", type=int, nargs=2, default=(800, 600), metavar=("W", "H"),
+    p.add_argument("--size", type=integer(ge=16, le=16384), nargs=2, default=(800, 600),
+                   metavar=("W", "H"),
                    help="window size in pixels when not full screen (default: 800 600)")
     p.add_argument("--headless", action="store_true",
                    help="no window: print one line per state change (no PsychoPy needed)")
-    p.add_argument("--timeout", type=float, default=None,
+    p.add_argument("--timeout", type=number(gt=0), default=None,
                    help="seconds without messages before 'Signal lost' (default: 3 TR, "
                         "or 5 s when the TR is unknown)")
-    p.add_argument("--duration", type=float, default=None,
+    p.add_argument("--duration", type=number(gt=0), default=None,
                    help="stop after this many seconds (default: run until Esc / Ctrl-C)")
     p.add_argument("--exit-on-end", action="store_true",
                    help="stop when the session ends")
     return p
+
+
+def build_parser(prog: str = "rtfb display") -> argparse.ArgumentParser:
+    """Return the argument parser of the display command."""
+    return add_arguments(Parser(prog=prog, description=DESCRIPTION))
 
 
 def format_snapshot(snap: Snapshot) -> str:
@@ -89,12 +94,11 @@ def display_main(argv: Sequence[str] | None = None) -> int:
     argv : sequence of str | None
         Arguments without the program name (default: ``sys.argv[1:]``).
     """
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.duration is not None and args.duration <= 0:
-        parser.error("--duration must be > 0")
-    if args.timeout is not None and args.timeout <= 0:
-        parser.error("--timeout must be > 0")
+    return run(build_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the display with parsed options (see :func:`add_arguments`); returns the status."""
     if args.headless:
         return _run_headless(args)
     from .psychopy_display import run_display

@@ -10,19 +10,15 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.live import Live
-from rich.table import Table
+from .._utils.argtypes import bids_label, integer, number, port, zmq_address
+from .preflight import check_run_arguments
 
-from .record_reader import load_record
-from .runner import (
-    Session,
-    SessionStatus,
-    load_recorded_protocol,
-    replay_session,
-    session_dir_name,
-)
+if TYPE_CHECKING:  # the session stack is imported when a command runs, not for --help
+    from rich.table import Table
+
+    from .runner import SessionStatus
 
 logger = logging.getLogger("rtfb.session")
 
@@ -36,20 +32,23 @@ def add_run_parser(sub) -> None:
     p.add_argument("protocol", nargs="?", help="protocol TOML file (see protocols/)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--watch", metavar="DIR", help="scanner export folder to watch")
-    src.add_argument("--tcp", metavar="PORT", type=int, help="receive volumes on this TCP port")
+    src.add_argument("--tcp", metavar="PORT", type=port, help="receive volumes on this TCP port")
     src.add_argument("--simulate", action="store_true",
                      help="stream a synthetic subject (no scanner) and show a headless display")
     p.add_argument("--out", metavar="DIR", default="sessions",
                    help="parent folder of the session folder (default: ./sessions)")
-    p.add_argument("--participant", default="anon", help="participant label (no PHI)")
+    p.add_argument("--participant", default="anon", type=bids_label,
+                   help="participant label: letters and digits only (BIDS label, no PHI)")
     p.add_argument("--resume", metavar="SESSION_DIR",
                    help="continue a session that stopped (crash, kill) from its record")
-    p.add_argument("--speed", type=float, default=20.0,
+    p.add_argument("--speed", type=number(gt=0, le=1000), default=20.0,
                    help="--simulate: volumes come every TR/speed seconds (default 20)")
-    p.add_argument("--shape", type=int, nargs=3, default=(40, 40, 24), metavar=("X", "Y", "Z"),
+    p.add_argument("--shape", type=integer(ge=8, le=256), nargs=3, default=(40, 40, 24),
+                   metavar=("X", "Y", "Z"),
                    help="--simulate: grid of the synthetic subject")
-    p.add_argument("--zmq", metavar="ADDRESS", help="override the protocol's ZeroMQ address")
-    p.add_argument("--idle-timeout", type=float, default=None,
+    p.add_argument("--zmq", metavar="ADDRESS", type=zmq_address,
+                   help="override the protocol's ZeroMQ address")
+    p.add_argument("--idle-timeout", type=number(gt=0), default=None,
                    help="stop when no volume arrives for this many seconds")
     p.add_argument("--quiet", action="store_true", help="no live terminal view")
     p.set_defaults(func=run_command, command_parser=p)
@@ -73,6 +72,8 @@ def add_report_parser(sub) -> None:
 
 
 def _status_table(status: SessionStatus, n_expected: int) -> Table:
+    from rich.table import Table
+
     table = Table(title="rtfb session", show_header=True)
     for col in ("volume", "block", "feedback", "FD (mm)", "latency (ms)", "missing", "late",
                 "flags"):
@@ -108,9 +109,14 @@ def _simulated_source(protocol, tmp: Path, speed: float, shape, stop: threading.
 
 def run_command(args: argparse.Namespace) -> int:
     """``rtfb run``."""
+    from rich.console import Console
+    from rich.live import Live
+
     from ..config import load_protocol
     from ..feedback.publisher import FeedbackPublisher
     from ..ingest import FolderWatcher, TCPReceiver
+    from .record_reader import load_record
+    from .runner import Session, load_recorded_protocol, session_dir_name
 
     console = Console()
     resume_dir = Path(args.resume) if args.resume else None
@@ -131,6 +137,7 @@ def run_command(args: argparse.Namespace) -> int:
     else:
         protocol = load_protocol(args.protocol)
     address = args.zmq or protocol.output.zmq_address
+    check_run_arguments(args, address, resume=resume_dir is not None)
     stop = threading.Event()
     tmp = None
     simulator_dir = None
@@ -220,6 +227,9 @@ def replay_command(args: argparse.Namespace) -> int:
     """``rtfb replay``: re-run the record and compare feedback values bit for bit."""
     session_dir = Path(args.session_dir)
     out = Path(args.out) if args.out else session_dir / f"replay-{time.strftime('%Y%m%dT%H%M%S')}"
+    from .record_reader import load_record
+    from .runner import replay_session
+
     replay_session(session_dir, out)
     original, replayed = load_record(session_dir), load_record(out)
     keys = ("index", "feedback", "feedback_value", "metrics", "motion", "fd", "flags")
@@ -235,10 +245,6 @@ def report_command(args: argparse.Namespace) -> int:
     """``rtfb report``."""
     from .report import write_report
 
-    try:
-        path = write_report(args.session_dir, out=args.out)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"rtfb report: {err}")
-        return 1
+    path = write_report(args.session_dir, out=args.out)  # errors: one line, status 2 (cli)
     print(f"report written to {path}")
     return 0
