@@ -6,9 +6,11 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from rtfb._utils.argtypes import Parser, integer, number, zmq_address
 from rtfb.feedback.messages import DEFAULT_ADDRESS
+from rtfb.feedback.signing import default_key_path
 
 from .state import Snapshot
 
@@ -39,7 +41,16 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="stop after this many seconds (default: run until Esc / Ctrl-C)")
     p.add_argument("--exit-on-end", action="store_true",
                    help="stop when the session ends")
+    p.add_argument("--key", metavar="FILE", default=None,
+                   help="the session's feedback key file: only messages signed with it are "
+                        "shown (default: the file rtfb run writes for --address, "
+                        "~/.rtfb/keys/feedback-<address>.key)")
     return p
+
+
+def key_file(args: argparse.Namespace) -> Path:
+    """The key file the display verifies messages with (``--key`` or the default)."""
+    return Path(args.key) if args.key else default_key_path(args.address)
 
 
 def build_parser(prog: str = "rtfb display") -> argparse.ArgumentParser:
@@ -72,7 +83,7 @@ def _run_headless(args) -> int:
         print(f"{time.strftime('%H:%M:%S')} {format_snapshot(snap)}", flush=True)
 
     display = HeadlessDisplay(args.address, timeout=args.timeout, max_records=1000,
-                              on_snapshot=show)
+                              on_snapshot=show, key=key_file(args))
     start = time.monotonic()
     with display:
         try:
@@ -106,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         run_display(args.address, fullscr=args.fullscr, screen=args.screen, size=args.size,
                     timeout=args.timeout, duration=args.duration,
-                    exit_on_end=args.exit_on_end)
+                    exit_on_end=args.exit_on_end, key=key_file(args))
     except (ImportError, RuntimeError) as err:
         print(f"rtfb display: {err}", file=sys.stderr)
         return 2

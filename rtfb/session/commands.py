@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .._utils.argtypes import bids_label, integer, number, port, zmq_address
-from .preflight import check_run_arguments
+from .preflight import check_run_arguments, new_feedback_key, tcp_key
 
 if TYPE_CHECKING:  # the session stack is imported when a command runs, not for --help
     from rich.table import Table
@@ -35,6 +35,13 @@ def add_run_parser(sub) -> None:
     src.add_argument("--tcp", metavar="PORT", type=port, help="receive volumes on this TCP port")
     src.add_argument("--simulate", action="store_true",
                      help="stream a synthetic subject (no scanner) and show a headless display")
+    p.add_argument("--key", metavar="FILE", default=None,
+                   help="--tcp: secret key file shared with the sender, created with a new "
+                        "random key (mode 0600) if missing (default: "
+                        "~/.rtfb/keys/tcp-ingest.key); frames without a valid tag are refused")
+    p.add_argument("--listen", metavar="HOST", default="127.0.0.1",
+                   help="--tcp: interface to listen on (default 127.0.0.1; another one, e.g. "
+                        "0.0.0.0 for a sender on another computer, needs --key)")
     p.add_argument("--out", metavar="DIR", default="sessions",
                    help="parent folder of the session folder (default: ./sessions)")
     p.add_argument("--participant", default="anon", type=bids_label,
@@ -48,6 +55,10 @@ def add_run_parser(sub) -> None:
                    help="--simulate: grid of the synthetic subject")
     p.add_argument("--zmq", metavar="ADDRESS", type=zmq_address,
                    help="override the protocol's ZeroMQ address")
+    p.add_argument("--feedback-key", metavar="FILE", default=None,
+                   help="file receiving this session's new feedback signing key, which "
+                        "displays need (default: ~/.rtfb/keys/feedback-<address>.key, "
+                        "where rtfb display --address looks for it)")
     p.add_argument("--idle-timeout", type=number(gt=0), default=None,
                    help="stop when no volume arrives for this many seconds")
     p.add_argument("--quiet", action="store_true", help="no live terminal view")
@@ -154,8 +165,11 @@ def run_command(args: argparse.Namespace) -> int:
         source = FolderWatcher(args.watch, first_index=first_index)
         source_info = {"kind": "watch", "directory": str(Path(args.watch).resolve())}
     elif args.tcp is not None:
-        source = TCPReceiver(port=args.tcp, first_index=first_index)
-        source_info = {"kind": "tcp", "port": args.tcp}
+        key, key_path = tcp_key(args)
+        source = TCPReceiver(host=args.listen, port=args.tcp, key=key, first_index=first_index)
+        source_info = {"kind": "tcp", "port": args.tcp, "host": args.listen}
+        console.print(f"receiving volumes on {args.listen}:{args.tcp}; senders sign their "
+                      f"frames with the key file {key_path}")
     else:
         args.command_parser.error("choose a source: --watch DIR, --tcp PORT or --simulate")
     out_dir = resume_dir or Path(args.out) / session_dir_name(protocol.session.name,
@@ -164,7 +178,8 @@ def run_command(args: argparse.Namespace) -> int:
     session = Session(protocol, out_dir, source_info=source_info,
                       simulator_dir=simulator_dir, resume=resume_dir is not None)
     publisher = FeedbackPublisher(address, session_id=session.session_id,
-                                  on_sent=session.record_message)
+                                  on_sent=session.record_message,
+                                  key=new_feedback_key(args.feedback_key, address))
     session.publisher = publisher
 
     finished = threading.Event()  # not Thread.join(): an interrupted join() can return early
@@ -185,7 +200,7 @@ def run_command(args: argparse.Namespace) -> int:
         if args.simulate:
             from ..display.headless import HeadlessDisplay
 
-            display = HeadlessDisplay(publisher.endpoint)
+            display = HeadlessDisplay(publisher.endpoint, key=publisher.key)
             display.start()
         source.start()
         if player is not None:
