@@ -42,6 +42,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                "write an HTML report of a recorded session"),
     "display": ("rtfb.cli", "_add_display",
                 "participant display (PsychoPy window, or headless)"),
+    "dashboard": ("rtfb.dashboard.cli", "add_dashboard_parser",
+                  "show a recorded session in the operator dashboard"),
     "analyze": ("rtfb.offline.run", "add_analyze_parser", "offline maps of a BIDS cohort (Dask)"),
 }
 
