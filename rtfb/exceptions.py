@@ -30,11 +30,13 @@ class ProtocolError(RtfbError, ValueError):
     """
 
     def __init__(self, source: str, key: str | None, reason: str):
+        from ._utils.text import escape_control  # a key may hold any character
+
         self.source = source
         self.key = key
         self.reason = reason
         where = f"{source}: {key}: " if key else f"{source}: "
-        super().__init__(where + reason)
+        super().__init__(escape_control(where + reason))
 
     def __reduce__(self):
         return type(self), (self.source, self.key, self.reason)

@@ -131,14 +131,14 @@ def run_command(args: argparse.Namespace) -> int:
     from ..config import load_protocol
     from ..feedback.publisher import FeedbackPublisher
     from ..ingest import FolderWatcher, TCPReceiver
-    from .record_reader import load_record
     from .runner import Session, load_recorded_protocol, session_dir_name
+    from .verify import verify_record
 
     console = Console()
     resume_dir = Path(args.resume) if args.resume else None
     first_index = 0
     if resume_dir is not None:
-        record = load_record(resume_dir)
+        record = verify_record(resume_dir, args.protocol)  # same protocol, intact inputs
         done = [v["index"] for v in record.volumes]
         done += [e["index"] for e in record.inputs if not e.get("late")]
         first_index = max(done) + 1 if done else 0
@@ -278,7 +278,9 @@ def replay_command(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else session_dir / f"replay-{time.strftime('%Y%m%dT%H%M%S')}"
     from .record_reader import load_record
     from .runner import replay_session
+    from .verify import verify_record
 
+    verify_record(session_dir)  # names the first changed volume before anything runs
     replay_session(session_dir, out)
     original, replayed = load_record(session_dir), load_record(out)
     keys = ("index", "feedback", "feedback_value", "metrics", "motion", "fd", "flags")
