@@ -87,7 +87,7 @@ def verify_inputs(record: SessionRecord | str | os.PathLike) -> int:
 def verify_record(session_dir: str | os.PathLike,
                   given: str | os.PathLike | None = None) -> SessionRecord:
     """:func:`verify_protocol` then :func:`verify_inputs`; returns the loaded record."""
+    record = load_record(session_dir)  # "Session folder not found: ..." first
     verify_protocol(session_dir, given)
-    record = load_record(session_dir)
     verify_inputs(record)
     return record
