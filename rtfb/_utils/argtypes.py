@@ -85,11 +85,12 @@ def zmq_address(text: str) -> str:
     ok = bool(sep) and scheme in ("tcp", "ipc", "inproc") and bool(rest)
     if ok and scheme == "tcp":
         host, colon, port_text = rest.rpartition(":")
-        ok = bool(colon and host and port_text.isdigit() and 0 < int(port_text) < 65536)
+        ok = bool(colon and host and (port_text == "*" or (
+            port_text.isdigit() and int(port_text) < 65536)))
     if not ok:
         raise argparse.ArgumentTypeError(
-            f"expected a ZeroMQ address tcp://HOST:PORT (port 1..65535), ipc://PATH or "
-            f"inproc://NAME, got {text!r}")
+            f"expected a ZeroMQ address tcp://HOST:PORT (port 0..65535, 0 or * for a free "
+            f"one), ipc://PATH or inproc://NAME, got {text!r}")
     return text
 
 
