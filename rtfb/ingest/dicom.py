@@ -502,8 +502,13 @@ def _probe_dicom(path: str | os.PathLike) -> FileInfo:
     kind, _ = _kind(f)
     ds, name = f.ds, f.name
     series = _series_key(ds)
+    number = _number(ds, "SeriesNumber", int)
+    ident = dict(study_uid=ds.get("StudyInstanceUID") or None,
+                 series_uid=ds.get("SeriesInstanceUID") or None,
+                 series_number=None if number is None else str(number))
+    ident = {k: (None if v is None else str(v)) for k, v in ident.items()}
     if kind == "mosaic":
-        return FileInfo(f.path, "volume", series, _mosaic_index(ds, name))
+        return FileInfo(f.path, "volume", series, _mosaic_index(ds, name), **ident)
     n_slices = _slices_per_volume(ds)
     if n_slices is None:
         raise IngestError(f"{name}: single-slice DICOM without ImagesInAcquisition (or GE "
@@ -511,8 +516,8 @@ def _probe_dicom(path: str | os.PathLike) -> FileInfo:
                           f"a volume.")
     index, part = _slice_index_and_part(ds, n_slices, name)
     if n_slices == 1:
-        return FileInfo(f.path, "volume", series, index)
-    return FileInfo(f.path, "slice", series, index, n_parts=n_slices, part=part)
+        return FileInfo(f.path, "volume", series, index, **ident)
+    return FileInfo(f.path, "slice", series, index, n_parts=n_slices, part=part, **ident)
 
 
 def read_dicom(path: str | os.PathLike) -> Volume:

@@ -39,6 +39,10 @@ class FileInfo:
     n_volumes : int
         Number of volumes the file holds (> 1 for a 4D NIfTI or a multi-dynamic PAR/REC,
         which are read with :func:`~rtfb.ingest.read.iter_volumes`).
+    study_uid, series_uid, series_number : str | None
+        Identity fields of formats that have them (DICOM StudyInstanceUID,
+        SeriesInstanceUID, SeriesNumber), compared by the series lock
+        (:mod:`rtfb.ingest.series_lock`); never written to logs or the record.
     """
 
     path: Path
@@ -48,6 +52,9 @@ class FileInfo:
     n_parts: int = 1
     part: int = 1
     n_volumes: int = 1
+    study_uid: str | None = None
+    series_uid: str | None = None
+    series_number: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))

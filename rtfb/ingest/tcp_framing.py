@@ -42,7 +42,8 @@ DTYPES = {"<u1": ("u", 1), "<i2": ("i", 2), "<u2": ("u", 2), "<i4": ("i", 4),
 HEADER_KEYS = frozenset({"version", "seq", "index", "shape", "dtype", "nbytes", "affine", "tr",
                          "acquisition_time", "series"})
 #: what an acknowledgement says became of a frame
-ACK_STATUSES = ("accepted", "late", "duplicate", "out_of_range", "other_series", "refused")
+ACK_STATUSES = ("accepted", "late", "duplicate", "out_of_range", "implausible", "other_series",
+                "refused")
 MAX_ACK_LINE = 4096
 _FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
 _CTX_HEADER = b"rtfb tcp v2 header\0"
