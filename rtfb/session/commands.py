@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .._utils.argtypes import bids_label, integer, number, port, zmq_address
+from ..exceptions import UsageError
 from .preflight import check_run_arguments, new_feedback_key, tcp_key
 
 if TYPE_CHECKING:  # the session stack is imported when a command runs, not for --help
@@ -176,7 +177,10 @@ def run_command(args: argparse.Namespace) -> int:
     resume_dir = Path(args.resume) if args.resume else None
     first_index = 0
     if resume_dir is not None:
-        record = verify_record(resume_dir, args.protocol)  # same protocol, intact inputs
+        try:  # same protocol, intact inputs
+            record = verify_record(resume_dir, args.protocol)
+        except (OSError, ValueError) as err:
+            raise UsageError(f"cannot resume {resume_dir}: {err}") from None
         try:
             protocol = load_recorded_protocol(resume_dir)
         except (FileNotFoundError, ValueError) as err:
