@@ -37,6 +37,15 @@ def _build_parser() -> argparse.ArgumentParser:
     subject.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     subject.add_argument("--motion", action="store_true",
                          help="apply a known rigid head-motion trace")
+    subject.add_argument("--participant-model", default=None,
+                         choices=("responder", "non-responder", "learner"),
+                         help="virtual participant following --protocol's blocks (its "
+                              "truth goes to truth.json under 'participant')")
+    subject.add_argument("--participant-run", type=int, default=1,
+                         help="run number of the participant (a learner improves with it)")
+    subject.add_argument("--protocol", default=None,
+                         help="protocol TOML whose TR, volumes and blocks the participant "
+                              "follows (required with --participant-model)")
 
     cohort = sub.add_parser(
         "cohort", help="write a synthetic BIDS cohort (patients/controls, planted effect)",
@@ -60,6 +69,13 @@ def _build_parser() -> argparse.ArgumentParser:
                         help="repetition time in seconds (default: 2.0)")
     cohort.add_argument("--slope", type=float, default=3.0,
                         help="amplitude increase per VAS point (default: 3.0)")
+    cohort.add_argument("--sessions", nargs="+", metavar="LABEL",
+                        help="one run per session, e.g. pre post (BIDS ses- folders)")
+    cohort.add_argument("--treatment-effect", type=float, default=0.0,
+                        help="change of the patients' left-insula amplitude in the last "
+                             "session (default 0)")
+    cohort.add_argument("--treatment-vas", type=float, default=0.0,
+                        help="change of the patients' VAS in the last session (default 0)")
 
     st = sub.add_parser(
         "stream", help="play a run in real time to a folder or a TCP receiver",
@@ -110,7 +126,9 @@ def _run_cohort(parser, args) -> int:
     try:
         truth = write_cohort(args.out, args.patients, args.controls, seed=args.seed,
                              null=args.null, shape=args.shape, n_volumes=args.volumes,
-                             tr=args.tr, slope=args.slope)
+                             tr=args.tr, slope=args.slope, sessions=args.sessions,
+                             treatment_effect=args.treatment_effect,
+                             treatment_vas=args.treatment_vas)
     except ValueError as err:
         parser.exit(2, f"error: {err}\n")
     effect = "no effect (null)" if args.null else f"ALFF slope {args.slope:g} per VAS point"
@@ -190,14 +208,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 1
     try:
-        subject = make_subject(shape=args.shape, n_volumes=args.volumes, tr=args.tr,
-                               seed=args.seed, motion=args.motion)
+        if args.participant_model is not None:
+            from .participant import ParticipantModel, make_participant
+
+            if args.protocol is None:
+                raise ValueError("--participant-model needs --protocol FILE (its blocks "
+                                 "drive the participant).")
+            try:
+                model = ParticipantModel(kind=args.participant_model, run=args.participant_run)
+                subject = make_participant(args.protocol, model, shape=args.shape,
+                                           seed=args.seed, motion=args.motion)
+            except (OSError, KeyError, TypeError) as err:
+                raise ValueError(f"--protocol {args.protocol}: cannot read its session/"
+                                 f"blocks ({err!r}).") from err
+        else:
+            subject = make_subject(shape=args.shape, n_volumes=args.volumes, tr=args.tr,
+                                   seed=args.seed, motion=args.motion)
     except ValueError as err:
         parser.exit(2, f"error: {err}\n")
     written = write_subject(subject, args.out)
     shape = " x ".join(str(s) for s in subject.data.shape)
     print(f"Synthetic subject ({shape}, TR {subject.tr:g} s, seed {args.seed}"
-          f"{', with motion' if args.motion else ''}) written to {args.out}:")
+          f"{', with motion' if args.motion else ''}"
+          f"{', participant ' + args.participant_model if args.participant_model else ''}"
+          f") written to {args.out}:")
     for path in written.values():
         print(f"  {path}")
     return 0

@@ -56,6 +56,14 @@ def add_run_parser(sub) -> None:
     p.add_argument("--shape", type=integer(ge=8, le=256), nargs=3, default=(40, 40, 24),
                    metavar=("X", "Y", "Z"),
                    help="--simulate: grid of the synthetic subject")
+    p.add_argument("--participant-model", default="responder",
+                   choices=("responder", "non-responder", "learner"),
+                   help="--simulate: virtual participant whose target signal follows the "
+                        "protocol's blocks (default: responder); its truth is copied into "
+                        "the session folder (simulation/)")
+    p.add_argument("--participant-run", type=integer(ge=1, le=1000), default=1, metavar="N",
+                   help="--simulate: run number of the virtual participant (a learner "
+                        "improves with it; default 1)")
     p.add_argument("--zmq", metavar="ADDRESS", type=zmq_address,
                    help="override the protocol's ZeroMQ address")
     p.add_argument("--feedback-key", metavar="FILE", default=None,
@@ -142,13 +150,17 @@ def _remove_dead_simulations() -> None:
 
 
 def _simulated_source(protocol, tmp: Path, speed: float, shape, stop: threading.Event,
-                      first_index: int = 0):
-    from simulator import make_subject, stream, write_subject
+                      first_index: int = 0, model: str = "responder", run: int = 1):
+    from simulator import stream, write_subject
+    from simulator.participant import ParticipantModel, make_participant
 
     from ..ingest import FolderWatcher
 
-    subject = make_subject(shape=tuple(shape), n_volumes=protocol.session.volumes,
-                           tr=protocol.session.tr, motion=True, seed=0)
+    tables = {"session": {"tr": protocol.session.tr, "volumes": protocol.session.volumes},
+              "blocks": [{"condition": b.condition, "volumes": b.volumes,
+                          "feedback": b.feedback} for b in protocol.blocks]}
+    subject = make_participant(tables, ParticipantModel(kind=model, run=run),
+                               shape=tuple(shape), motion=True, seed=0)
     write_subject(subject, tmp / "subject")
     export = tmp / "export"
     export.mkdir()
@@ -224,10 +236,15 @@ def run_command(args: argparse.Namespace) -> int:
         atexit.register(shutil.rmtree, tmp, ignore_errors=True)  # ~130 MB: never left behind
         console.print(f"simulating a subject in {tmp} (TR {protocol.session.tr} s played at "
                       f"{args.speed}x; removed at the end)")
-        source, player, simulator_dir = _simulated_source(protocol, tmp, args.speed, args.shape,
-                                                          stop, first_index)
+        if args.participant_run < 1:
+            args.command_parser.error(f"--participant-run must be >= 1, got "
+                                      f"{args.participant_run}")
+        source, player, simulator_dir = _simulated_source(
+            protocol, tmp, args.speed, args.shape, stop, first_index, args.participant_model,
+            args.participant_run)
         source_info = {"kind": "simulate", "speed": args.speed, "shape": list(args.shape),
-                       "seed": 0}
+                       "seed": 0, "participant_model": args.participant_model,
+                       "participant_run": args.participant_run}
     elif args.watch:
         source = FolderWatcher(args.watch, first_index=first_index, series=args.series,
                                accept_existing=args.accept_existing or resume_dir is not None,
@@ -251,6 +268,9 @@ def run_command(args: argparse.Namespace) -> int:
                                   on_sent=session.record_message,
                                   key=new_feedback_key(args.feedback_key, address))
     session.publisher = publisher
+    if simulator_dir is not None:  # the virtual participant's truth, for the report/tests
+        shutil.copytree(simulator_dir, out_dir / "simulation", dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("bold.nii.gz"))
 
     finished = threading.Event()  # not Thread.join(): an interrupted join() can return early
 
