@@ -113,6 +113,9 @@ def _build_parser() -> argparse.ArgumentParser:
                     help="manifest path (default: <to>/../stream_manifest.json)")
     st.add_argument("--connect-timeout", type=float, default=10.0,
                     help="seconds to wait for a TCP receiver (default: 10)")
+    st.add_argument("--key", metavar="FILE", default=None,
+                    help="TCP: the session's key file (rtfb run --tcp PORT --key FILE); "
+                         "frames are signed with it")
     st.add_argument("--quiet", action="store_true", help="no line per volume")
     return parser
 
@@ -159,11 +162,11 @@ def _run_stream(parser, args) -> int:
                      corrupt_mode=args.corrupt_mode, duplicate_mode=args.duplicate_mode,
                      chunks=args.chunks, chunk_pause=args.chunk_pause,
                      start_delay=args.start_delay, manifest=args.manifest,
-                     connect_timeout=args.connect_timeout, log=log)
+                     connect_timeout=args.connect_timeout, key=args.key, log=log)
     except KeyboardInterrupt:
         print("interrupted; the manifest says what was written", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, ConnectionError) as err:
+    except (ValueError, OSError) as err:
         parser.exit(2, f"error: {err}\n")
     timing = doc["timing"]
     actions: dict[str, int] = {}
@@ -173,6 +176,12 @@ def _run_stream(parser, args) -> int:
     print(f"{doc['status']}: {doc['n_volumes']} volumes to {doc['to']} ({summary}); "
           f"lateness median {timing['median']} ms, max {timing['max']} ms; "
           f"manifest {doc['manifest']}")
+    if doc["output"] == "tcp":
+        acks = doc["acknowledged"]
+        accepted = acks.get("accepted", 0) + acks.get("late", 0)
+        others = ", ".join(f"{n} {a}" for a, n in acks.items() if a not in ("accepted", "late"))
+        print(f"receiver acknowledged {accepted} of {doc['n_volumes']} volumes as stored"
+              + (f" ({others})" if others else ""))
     return 0 if doc["status"] == "completed" else 1
 
 

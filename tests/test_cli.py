@@ -91,5 +91,6 @@ def test_run_usage_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["run"])
     assert "PROTOCOL" in capsys.readouterr().err
-    assert main(["report", str(tmp_path / "nothing")]) == 1
-    assert "not found" in capsys.readouterr().out
+    assert main(["report", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err
+    assert "not found" in err and "nothing" in err and "Traceback" not in err

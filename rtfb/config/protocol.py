@@ -461,6 +461,9 @@ def loads_protocol(text: str | bytes, source: str = "<string>",
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ProtocolError(source, None, f"invalid TOML: {err}.") from err
+    except RecursionError:
+        raise ProtocolError(source, None, "invalid TOML: arrays or tables nested too "
+                            "deeply.") from None
     return parse_protocol(data, source=source, base_dir=base_dir)
 
 
