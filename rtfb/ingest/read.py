@@ -40,7 +40,14 @@ from pathlib import Path
 
 from ..exceptions import IncompleteFileError, IngestError
 from ._files import check_file, read_head, reading
-from .dicom import has_dicm_magic, is_dicom, probe_dicom, read_dicom, read_dicom_slices
+from .dicom import (
+    has_dicm_magic,
+    is_dicom,
+    iter_dicom_volumes,
+    probe_dicom,
+    read_dicom,
+    read_dicom_slices,
+)
 from .fileinfo import FileInfo
 from .nifti import GZIP_MAGIC, gzip_peek, is_nifti, iter_nifti_volumes, probe_nifti, read_nifti
 from .parrec import is_parrec, iter_parrec_volumes, probe_parrec, read_parrec
@@ -140,7 +147,7 @@ def iter_volumes(path: str | os.PathLike) -> Iterator[Volume]:
     elif fmt == "parrec":
         yield from iter_parrec_volumes(path)
     else:
-        yield read_dicom(path)
+        yield from iter_dicom_volumes(path)
 
 
 def probe(path: str | os.PathLike) -> FileInfo:
