@@ -320,11 +320,37 @@ def _scaled(ds: Dataset, raw: np.ndarray) -> np.ndarray:
     slope = _number(ds, "RescaleSlope")
     intercept = _number(ds, "RescaleIntercept")
     data = raw.astype(np.float64)
+    if _manufacturer(ds).startswith("PHILIPS"):
+        scale = _philips_scale(ds, ds)
+        if scale is not None:  # (RS * PV + RI) / (RS * SS), as dcm2niix
+            rs = slope if slope else 1.0
+            return ((data * rs + (intercept or 0.0)) / (rs * scale)).astype(np.float32)
     if slope is not None and slope != 1:
         data *= slope
     if intercept:
         data += intercept
     return data.astype(np.float32)
+
+
+def _philips_scale(frame: Dataset, ds: Dataset) -> float | None:
+    """Philips private MR scale slope (2005,100E) of a frame (else of the file), if any.
+
+    dcm2niix's default Philips scaling ("precise" floating point values) divides the
+    displayed value RescaleSlope * stored + RescaleIntercept by RescaleSlope * this slope.
+    """
+    private = frame.get((0x2005, 0x140F))
+    sources = ([private.value[0]] if private is not None and private.VR == "SQ"
+               and len(private.value) else []) + [ds]
+    for source in sources:
+        element = source.get((0x2005, 0x100E))
+        if element is not None:
+            try:
+                value = float(element.value)
+            except (TypeError, ValueError):
+                continue
+            if np.isfinite(value) and value > 0:
+                return value
+    return None
 
 
 def _pixels(f: _File) -> np.ndarray:

@@ -40,6 +40,7 @@ from ._dicom_common import (
     _header,
     _manufacturer,
     _number,
+    _philips_scale,
     _pixels,
     _positive_int,
     _series_key,
@@ -123,27 +124,6 @@ def _dt_day_seconds(value: Any) -> tuple[int, float] | None:
         return None
     seconds = _tm_seconds(text[8:].split("+")[0].split("-")[0])
     return None if seconds is None else (day, seconds)
-
-
-def _philips_scale(frame: Dataset, ds: Dataset) -> float | None:
-    """Philips private MR scale slope (2005,100E) of a frame (else of the file), if any.
-
-    dcm2niix's default Philips scaling ("precise" floating point values) divides the
-    displayed value RescaleSlope * stored + RescaleIntercept by RescaleSlope * this slope.
-    """
-    private = frame.get((0x2005, 0x140F))
-    sources = ([private.value[0]] if private is not None and private.VR == "SQ"
-               and len(private.value) else []) + [ds]
-    for source in sources:
-        element = source.get((0x2005, 0x100E))
-        if element is not None:
-            try:
-                value = float(element.value)
-            except (TypeError, ValueError):
-                continue
-            if np.isfinite(value) and value > 0:
-                return value
-    return None
 
 
 def frame_table(ds: Dataset, name: str) -> FrameTable:

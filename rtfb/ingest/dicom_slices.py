@@ -33,6 +33,7 @@ from ._dicom_common import (
     _tm_seconds,
     _to_volume_layout,
     _tr_seconds,
+    checked_slice_timing,
 )
 from ._files import reading
 from .volume import Volume
@@ -244,6 +245,10 @@ def _stack(files: list[_File], n_slices: int) -> Volume:
         header["PhaseEncodingDirection"] = phase
     times = [t for t in (_tm_seconds(f.ds.get("AcquisitionTime")) for f in files)
              if t is not None]
+    if len(times) == len(files) > 1:  # classic series: each slice stamped (all equal: unknown)
+        timing = checked_slice_timing(times, _tr_seconds(ds), name)
+        if timing is not None:
+            header["SliceTiming"] = timing
     logger.debug("%s: %d DICOM slice file(s), volume %d, shape %s", _names(files), len(files),
                  index, data.shape)
     return Volume(data=data, affine=affine, index=index,

@@ -41,6 +41,7 @@ from .._utils.checks import _validate_type, check_int, check_positive_number
 from ..exceptions import IncompleteFileError, IngestError
 from ._handoff import IngestStats, VolumeTiming, _Handoff
 from .ordering import DUPLICATE, LATE, OUT_OF_RANGE, Late, Missing
+from .slicecount import SliceCounts
 from .volume import Volume
 
 __all__ = ["FolderWatcher", "IngestStats", "Late", "Missing", "VolumeTiming"]
@@ -190,6 +191,7 @@ class FolderWatcher:
         self._thread: threading.Thread | None = None
         self._files: dict[str, _File] = {}
         self._groups: dict[tuple, _Group] = {}
+        self._slice_counts = SliceCounts()
         self._last_restat = -math.inf
         self._generation = 0
         self._dir_problem: str | None = None
@@ -523,12 +525,16 @@ class FolderWatcher:
     # -- slices ------------------------------------------------------------------------------
     def _add_slice(self, f: _File, info: Any, index: int) -> None:
         key = (info.series, index)
-        n_parts = check_int(info.n_parts, "n_parts", 1)
+        n_parts = check_int(info.n_parts, "n_parts", 0)
+        learned = n_parts == 0  # classic series: count learned, see rtfb.ingest.slicecount
+        if learned:
+            n_parts = self._slice_counts.observe(info.series, index, info.part,
+                                                 getattr(info, "position", None))
         group = self._groups.get(key)
         if group is None:
             group = self._groups[key] = _Group(info.series, index, n_parts, f.first_seen,
                                                time.perf_counter())
-        elif group.n_parts != n_parts:
+        elif group.n_parts != n_parts and not learned:
             self._unreadable(f, IngestError(f"{n_parts} slices per volume, the other slices "
                                             f"of volume {index} say {group.n_parts}"))
             return
@@ -553,8 +559,11 @@ class FolderWatcher:
             if self._handoff.is_known(group.index):  # e.g. delivered from a copy meanwhile
                 self._finish_group(key, duplicate=True)
                 continue
-            if len(group.parts) < group.n_parts:
-                if not group.reported and now - group.changed_at >= self.incomplete_timeout:
+            if group.n_parts == 0:
+                group.n_parts = self._slice_counts.count(group.series)
+            if group.n_parts == 0 or len(group.parts) < group.n_parts:
+                if group.n_parts and not group.reported and \
+                        now - group.changed_at >= self.incomplete_timeout:
                     group.reported = True
                     logger.warning("volume %d: only %d of %d slices arrived (first %s); "
                                    "waiting for the rest", group.index, len(group.parts),
