@@ -20,6 +20,7 @@ from pydicom.dataset import Dataset
 
 from ..exceptions import IncompleteFileError, IngestError
 from ._files import (
+    CONVERT_ADVICE,
     captured_warnings,
     check_file,
     describe_error,
@@ -133,7 +134,8 @@ def _check_image(f: _File, *, header_only: bool) -> None:
     if not reached_pixels:
         # pydicom stops quietly at the end of a cut file: tell a cut file from a non-image
         if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
-            raise IngestError(f"{name}: float pixel data DICOM is not supported.")
+            raise IngestError(f"{name}: float pixel data DICOM is not supported; "
+                              f"{CONVERT_ADVICE}.")
         if sop is not None and not _is_image_class(sop):
             raise IngestError(f"{name}: DICOM object is not an image "
                               f"(SOP class {getattr(sop, 'name', '') or 'unknown'}).")
@@ -430,27 +432,13 @@ def _kind(f: _File) -> tuple[str, dict | None]:
     return "slice", csa
 
 
-_DAY_S = 86400.0
-
-
-def checked_slice_timing(times: Any, tr: float | None, name: str) -> list[float] | None:
-    """Slice times in seconds from the first slice, normalised and checked; None if unknown.
-
-    Times that wrap past midnight (a CSA or frame time of 86399.9 s next to 0.1 s, as CMRR
-    multiband mosaics write them) are unwrapped to one continuous run and shifted so that the
-    earliest slice is at 0, as dcm2niix does. All-zero times mean "not known" (None); times
-    not within [0, TR) are dropped (None) with a log line, never passed on.
+def _refuse_tiled(ds: Dataset, name: str) -> None:
+    """Tiled (mosaic) images without a Siemens CSA mosaic header (UIH, Siemens XA secondary
+    capture mosaics): no reader here; say what works instead.
     """
-    t = np.asarray(times, dtype=np.float64) % _DAY_S
-    if t.size == 0 or not np.isfinite(t).all():
-        return None
-    if t.max() - t.min() > _DAY_S / 2:
-        t = np.where(t > _DAY_S / 2, t - _DAY_S, t)
-    t = t - t.min()
-    if not np.any(t > 0):
-        return None
-    if tr is not None and t.max() >= tr:
-        logger.info("%s: slice times span %.3f s, not within one TR (%.3f s): slice timing "
-                    "recorded as unknown", name, float(t.max()), tr)
-        return None
-    return [round(float(x), 6) for x in t]
+    image_type = [str(v).upper() for v in ds.get("ImageType", []) or []]
+    if "MOSAIC" in image_type or "VFRAME" in image_type:
+        vendor = "UIH " if _manufacturer(ds).startswith("UIH") else ""
+        raise IngestError(f"{name}: {vendor}tiled (mosaic) DICOM without a Siemens CSA mosaic "
+                          f"header is not supported; export the run as enhanced or single-slice "
+                          f"DICOM, or {CONVERT_ADVICE}.")

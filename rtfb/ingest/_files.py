@@ -19,8 +19,14 @@ from ..exceptions import IncompleteFileError, IngestError
 
 logger = logging.getLogger("rtfb.ingest")
 
-# "<anything>_<NNNNN>.ext" or "<anything>-<NNNNN>.ext": the trailing number of an export name
-_NUMBERED = re.compile(r"^(?P<prefix>.*?)[_-](?P<number>\d+)$")
+# "<anything>_<NNNNN>.ext" or "<anything>-<NNNNN>.ext": the trailing volume counter of an
+# export name, zero-padded to 3 digits or more (00001, 007) or of 4 digits or more. Shorter
+# numbers are not counters: dcm2niix's "%s_%e_%z" names end in the sequence name
+# ("..._epfid2d1_64": 64 is the matrix), and "run_2" is a run.
+_NUMBERED = re.compile(r"^(?P<prefix>.*?)[_-](?P<number>0\d{2,}|[1-9]\d{3,})$")
+#: Advice for formats rtfb cannot read: what works instead (dcm2niix is a Debian package).
+CONVERT_ADVICE = ("convert the series with dcm2niix (dcm2niix -o OUT FOLDER) and read the NIfTI "
+                  "with iter_volumes()")
 _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"|b'[^']*'")
 
 
@@ -133,7 +139,8 @@ def split_numbered_name(name: str, suffixes: tuple[str, ...]) -> tuple[str, int 
     """Split ``"<prefix>_<NNNNN><suffix>"`` into ``(prefix, NNNNN)``.
 
     ``suffixes`` are the extensions to strip (case-insensitive, longest first). Names without
-    a trailing ``_<digits>`` or ``-<digits>`` give ``(stem, None)``.
+    a trailing volume counter (``_`` or ``-`` then 3+ digits zero-padded, or 4+ digits) give
+    ``(stem, None)``: a short number (``_64``, ``_2``) is part of the name, not a counter.
     """
     stem = name
     for suffix in sorted(suffixes, key=len, reverse=True):

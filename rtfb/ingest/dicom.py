@@ -32,14 +32,12 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from pydicom.dataset import Dataset
-
 from ..exceptions import IngestError
 from ._dicom_common import (
     _check_image,
     _kind,
     _load,
-    _manufacturer,
+    _refuse_tiled,
     _series_key,
     has_dicm_magic,
     is_dicom,
@@ -161,13 +159,3 @@ def iter_dicom_volumes(path: str | os.PathLike) -> Iterator[Volume]:
         else:
             volumes = list(enhanced_volumes(f))
     yield from volumes
-
-
-def _refuse_tiled(ds: Dataset, name: str) -> None:
-    """UIH (United Imaging) tiled images: no reader here; say what works instead."""
-    image_type = [str(v).upper() for v in ds.get("ImageType", [])]
-    if _manufacturer(ds).startswith("UIH") and ("MOSAIC" in image_type
-                                                 or "VFRAME" in image_type):
-        raise IngestError(f"{name}: UIH tiled (mosaic) DICOM is not supported; export the "
-                          f"series as single-slice or enhanced DICOM from the scanner, or "
-                          f"convert it with dcm2niix and read the NIfTI with iter_volumes().")

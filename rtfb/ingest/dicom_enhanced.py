@@ -46,8 +46,9 @@ from ._dicom_common import (
     _series_key,
     _tm_seconds,
     _to_volume_layout,
-    checked_slice_timing,
 )
+from ._files import CONVERT_ADVICE
+from ._timing import checked_slice_timing
 from .volume import Volume
 
 logger = logging.getLogger("rtfb.ingest")
@@ -256,7 +257,8 @@ def _stack_step(name: str, first: np.ndarray, centres: np.ndarray,
     off_axis = steps - np.outer(gaps, normal)
     if np.linalg.norm(off_axis, axis=1).max() > _RTOL * median:
         raise IngestError(f"{name}: slice positions do not follow the slice normal (tilted "
-                          f"or sheared stack): not supported.")
+                          f"or sheared stack): not supported; "
+                          f"{CONVERT_ADVICE}.")
     return (first[-1] - first[0]) / (len(first) - 1)
 
 

@@ -25,9 +25,9 @@ from ._dicom_common import (
     _tm_seconds,
     _to_volume_layout,
     _tr_seconds,
-    checked_slice_timing,
 )
 from ._files import captured_warnings, describe_error
+from ._timing import checked_slice_timing
 from .volume import Volume
 
 with warnings.catch_warnings():  # nibabel.nicom warns on import that it is experimental

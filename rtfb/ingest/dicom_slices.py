@@ -28,14 +28,15 @@ from ._dicom_common import (
     _pixels,
     _positive_int,
     _private_value,
+    _refuse_tiled,
     _scaled,
     _series_key,
     _tm_seconds,
     _to_volume_layout,
     _tr_seconds,
-    checked_slice_timing,
 )
-from ._files import reading
+from ._files import CONVERT_ADVICE, reading
+from ._timing import checked_slice_timing
 from .volume import Volume
 
 logger = logging.getLogger("rtfb.ingest")
@@ -166,6 +167,11 @@ def _read_dicom_slices(paths: list[Path]) -> Volume:
         f = _load(path, header_only=False)
         _check_image(f, header_only=False)
         kind, _ = _kind(f)
+        _refuse_tiled(f.ds, f.name)
+        if kind == "enhanced":
+            raise IngestError(f"{f.name}: an enhanced (multi-frame) DICOM file holds whole "
+                              f"volumes; read it with read_volume() or iter_volumes(), not "
+                              f"read_dicom_slices().")
         if kind == "mosaic":
             raise IngestError(f"{f.name}: a Siemens mosaic holds a whole volume; read it with "
                               f"read_volume(), not read_dicom_slices().")
@@ -277,5 +283,6 @@ def _check_spacing(files: list[_File], positions: np.ndarray, along: np.ndarray,
     off_axis = steps - np.outer(gaps, normal)
     if np.linalg.norm(off_axis, axis=1).max() > _STACK_RTOL * median:
         raise IngestError(f"{_names(files)}: slice positions do not follow the slice normal "
-                          f"(tilted or sheared stack): not supported.")
+                          f"(tilted or sheared stack): not supported; "
+                          f"{CONVERT_ADVICE}.")
     return (positions[-1] - positions[0]) / (len(files) - 1)

@@ -9,11 +9,14 @@ hold a whole gzip stream that decompresses to that size; otherwise
 Volume numbers
 --------------
 Files exported one per volume are named ``<anything>_<NNNNN>.nii[.gz]`` or
-``<anything>-<NNNNN>.nii[.gz]``, the trailing integer being the **1-based** volume number:
-``Volume.index`` is that number - 1 (``func_00001.nii`` is volume 0). A file name without
-such a number gives index 0. In a 4D file volume ``t`` (0-based) gets index
-``base + t``, ``base`` being the file's own index. The series key is a short hash of the
-name before the number (non-identifying, shared by all files of one export).
+``<anything>-<NNNNN>.nii[.gz]``, the trailing counter being the **1-based** volume number:
+``Volume.index`` is that number - 1 (``func_00001.nii`` is volume 0). Only a zero-padded
+number of 3 digits or more, or a number of 4 digits or more, is a counter: a file name without
+one (``single.nii``, dcm2niix's ``..._epfid2d1_64.nii.gz``) gives index 0. In a 4D file volume
+``t`` (0-based) gets index ``base + t``, ``base`` being the file's own index. The series key
+is a short hash of the name before the number (non-identifying, shared by all files of one
+export). Slice times coded in the header (slice_code, slice_duration) are kept only when they
+are not all zero and lie within [0, TR).
 
 Voxel data are kept in the file's storage order (scaled by ``scl_slope``/``scl_inter``,
 float32); the affine is nibabel's (sform, else qform), RAS+ mm (converted to mm when
@@ -45,6 +48,7 @@ from ._files import (
     short_hash,
     split_numbered_name,
 )
+from ._timing import checked_slice_timing
 from .fileinfo import FileInfo
 from .volume import Volume
 
@@ -260,7 +264,8 @@ def _affine_mm(header: Any, affine: np.ndarray) -> np.ndarray:
     return affine
 
 
-def _slice_timing(header: Any) -> list[float] | None:
+def _slice_timing(header: Any, tr: float | None, name: str) -> list[float] | None:
+    """Slice times from the NIfTI header; None if not coded, all zero or not within [0, TR)."""
     try:
         _, _, slice_dim = header.get_dim_info()
         if slice_dim != 2:
@@ -270,7 +275,7 @@ def _slice_timing(header: Any) -> list[float] | None:
         return None
     if times is None or any(t is None for t in times):
         return None
-    return [round(float(t), 6) for t in times]
+    return checked_slice_timing(times, tr, name)
 
 
 def _volumes(path: str | os.PathLike, *, single: bool) -> Iterator[Volume]:
@@ -291,7 +296,7 @@ def _volumes(path: str | os.PathLike, *, single: bool) -> Iterator[Volume]:
         info: dict[str, Any] = {"format": opened.fmt, "NumberOfSlices": spatial[2]}
         if tr is not None:
             info["RepetitionTime"] = tr
-        timing = _slice_timing(header)
+        timing = _slice_timing(header, tr, name)
         if timing is not None and len(timing) == spatial[2]:
             info["SliceTiming"] = timing
         proxy = image.dataobj

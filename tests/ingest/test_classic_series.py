@@ -96,7 +96,7 @@ def test_watcher_assembles_classic_series(folder, tmp_path):
                 with pytest.raises(queue.Empty):
                     watcher.get(timeout=0.5)
         items = _get_volumes(watcher, len(volumes))
-    for t, (item, want) in enumerate(zip(items, expected)):
+    for t, (item, want) in enumerate(zip(items, expected, strict=True)):
         assert item.index == t
         np.testing.assert_array_equal(item.data, want.data)
         np.testing.assert_allclose(item.affine, want.affine)

@@ -39,7 +39,11 @@ def vol(rng):
 
 # -- NIfTI, synthetic ------------------------------------------------------------------------
 @pytest.mark.parametrize(("name", "index"), [("run_00001.nii", 0), ("run-00007.nii.gz", 6),
-                                             ("sub_run_12.nii.gz", 11), ("single.nii", 0)])
+                                             ("sub_run_012.nii.gz", 11), ("single.nii", 0),
+                                             ("run_1234.nii", 1233),
+                                             # not counters: dcm2niix "%s_%e_%z", a run number
+                                             ("8001_1_epfid2d1_64.nii.gz", 0),
+                                             ("sub-01_run_2.nii", 0)])
 def test_nifti_index_from_name(tmp_path, vol, name, index):
     path = _write(tmp_path / name, vol)
     volume = read_volume(path)
