@@ -24,6 +24,7 @@ from ._files import (
     captured_warnings,
     check_file,
     describe_error,
+    file_name,
     incomplete,
     short_hash,
 )
@@ -66,7 +67,7 @@ def is_dicom(path: str | os.PathLike) -> bool:
     if group not in (0x0002, 0x0008):
         return False
     try:
-        with captured_warnings(path.name):
+        with captured_warnings(file_name(path)):
             ds = pydicom.dcmread(path, force=True, stop_before_pixels=True,
                                  specific_tags=["SOPClassUID", "Modality", "Rows"])
     except Exception:  # noqa: BLE001 - anything unparsable is simply not DICOM
@@ -92,16 +93,16 @@ class _File:
 def _load(path: str | os.PathLike, *, header_only: bool) -> _File:
     path = check_file(path)
     try:
-        with captured_warnings(path.name), open(path, "rb") as fobj:
+        with captured_warnings(file_name(path)), open(path, "rb") as fobj:
             head = fobj.read(132)
             fobj.seek(0)
             ds = pydicom.dcmread(fobj, force=True, stop_before_pixels=header_only)
             at = fobj.tell()
             size = os.fstat(fobj.fileno()).st_size
     except OSError as err:
-        raise IngestError(f"{path.name}: cannot read the file ({err.strerror}).") from None
+        raise IngestError(f"{file_name(path)}: cannot read the file ({err.strerror}).") from None
     except Exception as err:  # noqa: BLE001 - pydicom raises many types on bad input
-        raise IngestError(f"{path.name}: not a readable DICOM file "
+        raise IngestError(f"{file_name(path)}: not a readable DICOM file "
                           f"({describe_error(err)}).") from None
     pixels_at = at if header_only and at < size else None
     return _File(path, ds, size, pixels_at, has_dicm_magic(head))

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..exceptions import IncompleteFileError, IngestError
+from .names import shown_name
 
 logger = logging.getLogger("rtfb.ingest")
 
@@ -31,8 +32,20 @@ _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"|b'[^']*'")
 
 
 def file_name(path: str | os.PathLike) -> str:
-    """Base name of ``path`` (what messages and ``Volume.source`` show)."""
-    return Path(path).name
+    """Base name of ``path``, for messages.
+
+    The name is also noted (:func:`rtfb.ingest.names.shown_name`), so that the rtfb loggers
+    show a name that may identify a patient as its hash key; ``Volume.source`` is given the
+    shown name (:func:`source_name`).
+    """
+    name = Path(path).name
+    shown_name(name)
+    return name
+
+
+def source_name(name: str) -> str:
+    """What ``Volume.source`` holds for a file named ``name`` (see :mod:`rtfb.ingest.names`)."""
+    return shown_name(name)
 
 
 def check_file(path: str | os.PathLike) -> Path:
@@ -44,16 +57,17 @@ def check_file(path: str | os.PathLike) -> Path:
         Missing, not a regular file, or empty (0 bytes).
     """
     path = Path(path)
+    shown_name(path.name)  # noted for the log filter (rtfb.ingest.names)
     try:
         size = path.stat().st_size
     except FileNotFoundError:
-        raise IngestError(f"{path.name}: no such file.") from None
+        raise IngestError(f"{file_name(path)}: no such file.") from None
     except OSError as err:
-        raise IngestError(f"{path.name}: cannot access the file ({err.strerror}).") from None
+        raise IngestError(f"{file_name(path)}: cannot access the file ({err.strerror}).") from None
     if not path.is_file():
-        raise IngestError(f"{path.name}: not a regular file.")
+        raise IngestError(f"{file_name(path)}: not a regular file.")
     if size == 0:
-        raise IngestError(f"{path.name}: empty file (0 bytes).")
+        raise IngestError(f"{file_name(path)}: empty file (0 bytes).")
     return path
 
 
@@ -63,7 +77,7 @@ def read_head(path: Path, n_bytes: int = 1024) -> bytes:
         with open(path, "rb") as fobj:
             return fobj.read(n_bytes)
     except OSError as err:
-        raise IngestError(f"{path.name}: cannot read the file ({err.strerror}).") from None
+        raise IngestError(f"{file_name(path)}: cannot read the file ({err.strerror}).") from None
 
 
 def incomplete(name: str, what: str, expected: int, present: int) -> IncompleteFileError:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 from ..exceptions import IngestError
 from ._dicom_common import (
@@ -43,7 +42,7 @@ from ._dicom_common import (
     is_dicom,
     series_identity,
 )
-from ._files import reading
+from ._files import file_name, reading
 from .dicom_enhanced import enhanced_volumes, probe_enhanced
 from .dicom_mosaic import _mosaic_index, _mosaic_volume
 from .dicom_slices import (
@@ -64,7 +63,7 @@ __all__ = ["has_dicm_magic", "is_dicom", "iter_dicom_volumes", "probe_dicom", "r
 # --------------------------------------------------------------------------------------------
 def probe_dicom(path: str | os.PathLike) -> FileInfo:
     """Header-only look at one DICOM file (see :func:`rtfb.ingest.read.probe`)."""
-    with reading(Path(path).name):
+    with reading(file_name(path)):
         return _probe_dicom(path)
 
 
@@ -114,7 +113,7 @@ def read_dicom(path: str | os.PathLike) -> Volume:
         :func:`iter_dicom_volumes`), or one slice of a multi-slice volume (read those with
         :func:`read_dicom_slices`).
     """
-    with reading(Path(path).name):
+    with reading(file_name(path)):
         return _read_dicom(path)
 
 
@@ -149,7 +148,7 @@ def iter_dicom_volumes(path: str | os.PathLike) -> Iterator[Volume]:
     else the one volume :func:`read_dicom` reads. The pixels are decoded before the first
     volume is yielded.
     """
-    name = Path(path).name
+    name = file_name(path)
     with reading(name):
         f = _load(path, header_only=False)
         _check_image(f, header_only=False)

@@ -47,7 +47,7 @@ from ._dicom_common import (
     _tm_seconds,
     _to_volume_layout,
 )
-from ._files import CONVERT_ADVICE
+from ._files import CONVERT_ADVICE, source_name
 from ._timing import checked_slice_timing
 from .volume import Volume
 
@@ -358,4 +358,4 @@ def enhanced_volumes(f: _File) -> Iterator[Volume]:
         logger.debug("%s: enhanced DICOM, volume %d of %d, shape %s", name, v + 1,
                      table.n_volumes, data.shape)
         yield Volume(data=data, affine=affine, index=index, acquisition_time=acquisition_time,
-                     tr=tr, source=name, series=series, header=vol_header)
+                     tr=tr, source=source_name(name), series=series, header=vol_header)

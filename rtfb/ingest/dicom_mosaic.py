@@ -26,7 +26,7 @@ from ._dicom_common import (
     _to_volume_layout,
     _tr_seconds,
 )
-from ._files import captured_warnings, describe_error
+from ._files import captured_warnings, describe_error, source_name
 from ._timing import checked_slice_timing
 from .volume import Volume
 
@@ -88,6 +88,6 @@ def _mosaic_volume(f: _File, csa: dict) -> Volume:
                  data.shape)
     return Volume(data=data, affine=affine, index=index,
                   acquisition_time=_tm_seconds(ds.get("AcquisitionTime")), tr=_tr_seconds(ds),
-                  source=name, series=_series_key(ds), header=header)
+                  source=source_name(name), series=_series_key(ds), header=header)
 
 

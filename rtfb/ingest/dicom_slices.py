@@ -35,7 +35,7 @@ from ._dicom_common import (
     _to_volume_layout,
     _tr_seconds,
 )
-from ._files import CONVERT_ADVICE, reading
+from ._files import CONVERT_ADVICE, file_name, reading, source_name
 from ._timing import checked_slice_timing
 from .volume import Volume
 
@@ -157,7 +157,7 @@ def read_dicom_slices(paths: Iterable[str | os.PathLike]) -> Volume:
     paths = [Path(p) for p in paths]
     if not paths:
         raise ValueError("read_dicom_slices needs at least one slice file, got none.")
-    with reading(paths[0].name):
+    with reading(file_name(paths[0])):
         return _read_dicom_slices(paths)
 
 
@@ -167,7 +167,8 @@ def _read_dicom_slices(paths: list[Path]) -> Volume:
         f = _load(path, header_only=False)
         _check_image(f, header_only=False)
         kind, _ = _kind(f)
-        _refuse_tiled(f.ds, f.name)
+        if kind == "slice":
+            _refuse_tiled(f.ds, f.name)
         if kind == "enhanced":
             raise IngestError(f"{f.name}: an enhanced (multi-frame) DICOM file holds whole "
                               f"volumes; read it with read_volume() or iter_volumes(), not "
@@ -259,7 +260,7 @@ def _stack(files: list[_File], n_slices: int) -> Volume:
                  index, data.shape)
     return Volume(data=data, affine=affine, index=index,
                   acquisition_time=min(times) if times else None, tr=_tr_seconds(ds),
-                  source=files[0].name, series=_series_key(ds), header=header)
+                  source=source_name(files[0].name), series=_series_key(ds), header=header)
 
 
 def _check_spacing(files: list[_File], positions: np.ndarray, along: np.ndarray,

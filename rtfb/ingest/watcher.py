@@ -40,6 +40,7 @@ from typing import Any
 from .._utils.checks import _validate_type, check_int, check_positive_number
 from ..exceptions import IncompleteFileError, IngestError
 from ._handoff import IngestStats, VolumeTiming, _Handoff
+from .names import shown_name
 from .ordering import DUPLICATE, LATE, OUT_OF_RANGE, Late, Missing
 from .slicecount import SliceCounts
 from .volume import Volume
@@ -487,7 +488,7 @@ class FolderWatcher:
             f.reported.add("truncated")
             self._handoff.count("truncated")
         if index is not None:
-            self._handoff.orderer.note(index, f"file {f.name} truncated")
+            self._handoff.orderer.note(index, f"file {shown_name(f.name)} truncated")
 
     def _unreadable(self, f: _File, err: Exception) -> None:
         f.state = _FAILED
@@ -589,7 +590,8 @@ class FolderWatcher:
                     if not group.reported:
                         group.reported = True
                         self._handoff.count("truncated")
-                    self._handoff.orderer.note(group.index, f"slices of {first} truncated")
+                    self._handoff.orderer.note(group.index,
+                                               f"slices of {shown_name(first)} truncated")
                 continue
             except Exception as err:
                 group.retry = False
