@@ -35,7 +35,9 @@ def add_run_parser(sub) -> None:
                                    "feedback over ZeroMQ, recorded in a session folder.")
     p.add_argument("protocol", nargs="?", help="protocol TOML file (see protocols/)")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--watch", metavar="DIR", help="scanner export folder to watch")
+    src.add_argument("--watch", metavar="DIR",
+                     help="scanner export folder to watch; series folders created below it "
+                          "after the start (GE p/e/s, Philips NNNN, per-series) are followed")
     src.add_argument("--tcp", metavar="PORT", type=int, help="receive volumes on this TCP port")
     src.add_argument("--simulate", action="store_true",
                      help="stream a synthetic subject (no scanner) and show a headless display")
@@ -110,7 +112,8 @@ def run_command(args: argparse.Namespace) -> int:
     """``rtfb run``."""
     from ..config import load_protocol
     from ..feedback.publisher import FeedbackPublisher
-    from ..ingest import FolderWatcher, TCPReceiver
+    from ..ingest import TCPReceiver
+    from ..ingest.layouts import SeriesFolderWatcher
 
     console = Console()
     resume_dir = Path(args.resume) if args.resume else None
@@ -144,7 +147,7 @@ def run_command(args: argparse.Namespace) -> int:
                                                           stop)
         source_info = {"kind": "simulate", "directory": str(tmp / "export")}
     elif args.watch:
-        source = FolderWatcher(args.watch, first_index=first_index)
+        source = SeriesFolderWatcher(args.watch, first_index=first_index)
         source_info = {"kind": "watch", "directory": str(Path(args.watch).resolve())}
     elif args.tcp is not None:
         source = TCPReceiver(port=args.tcp, first_index=first_index)
