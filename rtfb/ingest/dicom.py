@@ -49,6 +49,7 @@ from .dicom_slices import (
     _slice_index_and_part,
     _slices_per_volume,
     _stack,
+    preload_slice,
     read_dicom_slices,
     slice_position,
 )
@@ -85,6 +86,7 @@ def _probe_dicom(path: str | os.PathLike) -> FileInfo:
     index, part = _slice_index_and_part(ds, n_slices, name)
     if n_slices == 1:
         return FileInfo(f.path, "volume", series, index, identity=identity)
+    preload_slice(f.path)
     return FileInfo(f.path, "slice", series, index, n_parts=n_slices or 0, part=part,
                     position=slice_position(ds), identity=identity)
 

@@ -26,11 +26,14 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import os
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
@@ -106,6 +109,52 @@ def _group(frame: Dataset, shared: Dataset | None, keyword: str) -> Dataset | No
     return found if found is not None else _item(shared, keyword)
 
 
+_TAGS = {keyword: Tag(keyword) for keyword in (
+    "PlaneOrientationSequence", "PixelMeasuresSequence", "PixelValueTransformationSequence")}
+
+
+def _memo_group(frame: Dataset, shared: Dataset | None, keyword: str, parse: Any,
+                memo: dict) -> Any:
+    """``parse(item)`` of a functional group, parsed once per distinct encoding.
+
+    Siemens XA repeats the same orientation, pixel measures and scaling in every frame's
+    group: an element still raw (not yet decoded by pydicom, :meth:`Dataset.get_item`) whose
+    bytes were seen before gives the value parsed then, without decoding the sequence again
+    (most of an enhanced file's read time otherwise).
+    """
+    tag = _TAGS[keyword]
+    element = frame.get_item(tag) if tag in frame else None
+    if element is None:
+        key = ("shared", keyword)
+        if key not in memo:
+            memo[key] = parse(_item(shared, keyword))
+        return memo[key]
+    raw = element.value if isinstance(element, RawDataElement) else None
+    key = (keyword, raw)
+    if raw is not None and key in memo:
+        return memo[key]
+    value = parse(_group(frame, shared, keyword))
+    if raw is not None:
+        memo[key] = value
+    return value
+
+
+def _orientation_of(item: Dataset | None) -> list[float] | None:
+    return _floats(item.get("ImageOrientationPatient"), 6) if item is not None else None
+
+
+def _spacing_of(item: Dataset | None) -> list[float] | None:
+    return _floats(item.get("PixelSpacing"), 2) if item is not None else None
+
+
+def _rescale_of(item: Dataset | None) -> tuple[float, float]:
+    if item is None:
+        return 1.0, 0.0
+    value = _number(item, "RescaleSlope")
+    return (1.0 if value is None or value == 0 else value,
+            _number(item, "RescaleIntercept") or 0.0)
+
+
 def _floats(value: Any, n: int) -> list[float] | None:
     try:
         values = [float(v) for v in value]
@@ -156,25 +205,20 @@ def frame_table(ds: Dataset, name: str) -> FrameTable:
     keys = np.zeros((n_frames, max(1, len(temporal_dims))), dtype=np.int64)
     philips = _manufacturer(ds).startswith("PHILIPS")
     day0 = None
+    memo: dict = {}
     for i, frame in enumerate(per_frame):
         position = _group(frame, shared, "PlanePositionSequence")
-        orientation = _group(frame, shared, "PlaneOrientationSequence")
-        measures = _group(frame, shared, "PixelMeasuresSequence")
         ipp = _floats(position.get("ImagePositionPatient"), 3) if position else None
-        iop = _floats(orientation.get("ImageOrientationPatient"), 6) if orientation else None
-        ps = _floats(measures.get("PixelSpacing"), 2) if measures else None
+        iop = _memo_group(frame, shared, "PlaneOrientationSequence", _orientation_of, memo)
+        ps = _memo_group(frame, shared, "PixelMeasuresSequence", _spacing_of, memo)
         if ipp is None or iop is None or ps is None:
             missing = ("ImagePositionPatient" if ipp is None else
                        "ImageOrientationPatient" if iop is None else "PixelSpacing")
             raise IngestError(f"{name}: frame {i + 1} has no valid {missing} in its "
                               f"functional groups: cannot place it.")
         positions[i], orientations[i], spacings[i] = ipp, iop, ps
-        transform = _group(frame, shared, "PixelValueTransformationSequence")
-        rs, ri = 1.0, 0.0
-        if transform is not None:
-            value = _number(transform, "RescaleSlope")
-            rs = 1.0 if value is None or value == 0 else value
-            ri = _number(transform, "RescaleIntercept") or 0.0
+        rs, ri = _memo_group(frame, shared, "PixelValueTransformationSequence", _rescale_of,
+                             memo)
         scale = _philips_scale(frame, ds) if philips else None
         if scale is None:
             slope[i], intercept[i] = rs, ri
@@ -307,16 +351,38 @@ def _volume_index(ds: Dataset, v: int, n_volumes: int, name: str) -> int:
                       f"volume number.")
 
 
+#: Frame tables of the last files read, by (path, size, mtime): the watcher probes a file
+#: and then reads it; the functional groups (most of the read time) are parsed once.
+_TABLES: OrderedDict[tuple, FrameTable] = OrderedDict()
+_TABLES_MAX = 8
+
+
+def _cached_table(f: _File) -> FrameTable:
+    try:
+        st = os.stat(f.path)
+        key = (str(f.path), f.size, st.st_size, st.st_mtime_ns)
+    except OSError:
+        key = None
+    table = _TABLES.get(key) if key is not None else None
+    if table is None:
+        table = frame_table(f.ds, f.name)
+        if key is not None:
+            _TABLES[key] = table
+            while len(_TABLES) > _TABLES_MAX:
+                _TABLES.popitem(last=False)
+    return table
+
+
 def probe_enhanced(f: _File) -> tuple[int, int]:
     """(index of the first volume, number of volumes) of an enhanced file, header only."""
-    table = frame_table(f.ds, f.name)
+    table = _cached_table(f)
     return _volume_index(f.ds, 0, table.n_volumes, f.name), table.n_volumes
 
 
 def enhanced_volumes(f: _File) -> Iterator[Volume]:
     """Yield the volumes of an enhanced multi-frame file, in order (pixels decoded once)."""
     ds, name = f.ds, f.name
-    table = frame_table(ds, name)
+    table = _cached_table(f)
     frames = _pixels(f)
     n_frames = table.positions.shape[0]
     if n_frames == 1 and frames.ndim == 2:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -161,11 +162,53 @@ def read_dicom_slices(paths: Iterable[str | os.PathLike]) -> Volume:
         return _read_dicom_slices(paths)
 
 
+#: Slice files read and decoded ahead (by the watcher's probe, as they arrive), by
+#: (path, size, mtime): the volume is then stacked without reading its files again when its
+#: last slice lands (see :func:`preload_slice`).
+_PRELOADED: OrderedDict[tuple, _File] = OrderedDict()
+_PRELOADED_MAX = 1024
+
+
+def _file_key(path: Path) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (str(path), st.st_size, st.st_mtime_ns)
+
+
+def preload_slice(path: str | os.PathLike) -> None:
+    """Read and decode a complete slice file now, for :func:`read_dicom_slices` later.
+
+    Called by the probe of a slice file: the work of reading a classic series is then spread
+    over the slices' arrival, and handing a volume over after its last slice costs one file
+    and the stacking. A file still being written is left alone (read later as usual).
+    """
+    path = Path(path)
+    key = _file_key(path)
+    if key is None or key in _PRELOADED:
+        return
+    try:
+        f = _load(path, header_only=False)
+        _check_image(f, header_only=False)
+        _pixels(f)  # pydicom keeps the decoded array with the data set
+    except IngestError:  # incomplete or bad: the reader reports it when asked
+        return
+    if _file_key(path) != key:
+        return  # changed while read
+    _PRELOADED[key] = f
+    while len(_PRELOADED) > _PRELOADED_MAX:
+        _PRELOADED.popitem(last=False)
+
+
 def _read_dicom_slices(paths: list[Path]) -> Volume:
     files = []
     for path in paths:
-        f = _load(path, header_only=False)
-        _check_image(f, header_only=False)
+        key = _file_key(path)
+        f = _PRELOADED.pop(key, None) if key is not None else None
+        if f is None:
+            f = _load(path, header_only=False)
+            _check_image(f, header_only=False)
         kind, _ = _kind(f)
         if kind == "slice":
             _refuse_tiled(f.ds, f.name)

@@ -83,13 +83,24 @@ def shown_name(name: str) -> str:
 _TOKEN = re.compile(r"[^\s:,;()'\"\[\]<>]+")
 
 
+_FILE_LIKE = re.compile(r"[.^0-9]")
+
+
 def _redact(text: str) -> str:
+    """Noted unsafe names in ``text`` replaced by their keys.
+
+    Only tokens that look like file names (a dot, a caret or a digit in them) are looked up,
+    so that a file called ``empty`` does not blank the word out of every message; such a
+    name is still replaced where it is a whole argument of the log call.
+    """
     unsafe = _REGISTRY.unsafe
     if not unsafe:
         return text
 
     def replace(match: re.Match) -> str:
         token = match.group(0)
+        if _FILE_LIKE.search(token) is None:
+            return token
         if token in unsafe:
             return unsafe[token]
         parts = token.split("/")
@@ -104,7 +115,12 @@ class NameFilter(logging.Filter):
     """Replace remembered unsafe file names in a log record by their keys."""
 
     def filter(self, record: logging.LogRecord) -> bool:  # noqa: D102
-        if _REGISTRY.unsafe:
+        unsafe = _REGISTRY.unsafe
+        if unsafe:
+            if isinstance(record.args, tuple) and any(isinstance(a, str) and a in unsafe
+                                                      for a in record.args):
+                record.args = tuple(unsafe.get(a, a) if isinstance(a, str) else a
+                                    for a in record.args)
             try:
                 message = record.getMessage()
             except Exception:  # noqa: BLE001 - a broken record is logging's business
