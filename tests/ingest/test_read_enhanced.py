@@ -121,3 +121,44 @@ def test_frames_missing_from_a_volume_refused(tmp_path):
     ds.save_as(bad)
     with pytest.raises(IngestError, match="bad.dcm"):
         read_volume(bad)
+
+
+@pytest.mark.parametrize("folder", SIEMENS_XA + ["canon_enh_dti"])
+def test_raw_frame_groups_read_like_pydicom(folder, tmp_path, monkeypatch):
+    """The fast path for per-frame positions and frame content gives pydicom's values."""
+    from rtfb.ingest import dicom_enhanced
+
+    path = dicom_copies(folder, tmp_path)[0]
+    tables = []
+    for fast in (True, False):
+        monkeypatch.setattr(dicom_enhanced, "_FAST", fast)
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        tables.append(dicom_enhanced.frame_table(ds, path.name))
+    fast, slow = tables
+    for field in ("order", "positions", "normal", "spacing", "slope", "intercept", "step"):
+        np.testing.assert_array_equal(getattr(fast, field), getattr(slow, field))
+    if slow.times is None:
+        assert fast.times is None
+    else:
+        np.testing.assert_array_equal(fast.times, slow.times)
+    item = dicom_enhanced._fast_item(ds.PerFrameFunctionalGroupsSequence[0],
+                                     "PlanePositionSequence")
+    assert item is None  # already decoded by pydicom above: no raw bytes left
+
+
+def test_raw_item_refuses_what_it_does_not_know():
+    from rtfb.ingest.dicom_enhanced import _raw_first_item
+
+    assert _raw_first_item(b"") is None
+    assert _raw_first_item(b"\x08\x00\x16\x00UI\x02\x001\x00") is None  # not an item
+    # an item holding a nested sequence: left to pydicom
+    nested = (b"\xfe\xff\x00\xe0\x10\x00\x00\x00" + b"\x20\x00\x32\x00SQ\x00\x00"
+              + b"\x00\x00\x00\x00")
+    assert _raw_first_item(nested) is None
+    # ImagePositionPatient as DS, TemporalPositionIndex as UL
+    ipp = b"1\\2.5\\-3 "
+    body = (b"\x20\x00\x32\x00DS" + len(ipp).to_bytes(2, "little") + ipp
+            + b"\x20\x00\x28\x91UL\x04\x00" + (7).to_bytes(4, "little"))
+    item = _raw_first_item(b"\xfe\xff\x00\xe0" + len(body).to_bytes(4, "little") + body)
+    assert item.get("ImagePositionPatient") == ["1", "2.5", "-3"]
+    assert item.get("TemporalPositionIndex") == 7
