@@ -3,8 +3,8 @@
 Subcommands are registered in :func:`build_parser`, one ``_add_<name>`` function each,
 which sets ``func`` (called with the parsed arguments, returns the exit status) and
 ``command_parser`` (the subparser, for usage errors). Commands: ``run``, ``replay``, ``report``
-(``rtfb.session.commands``), ``display`` (``rtfb.display.cli``) and ``analyze``
-(``rtfb.offline.run``).
+(``rtfb.session.commands``), ``display`` (``rtfb.display.cli``), ``dashboard``
+(``rtfb.dashboard.cli``) and ``analyze`` (``rtfb.offline.run``).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"rtfb {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    from .dashboard.cli import add_dashboard_parser
     from .offline.run import add_analyze_parser
     from .session.commands import add_replay_parser, add_report_parser, add_run_parser
 
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_replay_parser(sub)
     add_report_parser(sub)
     _add_display(sub)
+    add_dashboard_parser(sub)
     add_analyze_parser(sub)
     return parser
 

@@ -48,7 +48,7 @@ __all__ = [
     "validate_message",
 ]
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 #: where the session publishes and displays connect by default
 DEFAULT_ADDRESS = "tcp://127.0.0.1:5556"
 TOPIC_FEEDBACK = b"feedback"
@@ -65,6 +65,7 @@ FLAGS = (
     "late",         # this volume arrived later than the protocol's deadline
     "signal_lost",  # the session has no usable signal (e.g. ROI out of the field of view)
     "no_feedback",  # the current block shows no feedback (rest or transfer block)
+    "paused",       # the operator paused the participant's feedback (schema 1.1)
 )
 #: what the display should show (``display.state``)
 DISPLAY_STATES = ("feedback", "rest", "signal_lost", "motion", "end")
@@ -186,6 +187,31 @@ def _check_raw(raw: Any) -> dict[str, float | None]:
             raise MessageError(f"raw metric name {key!r} is invalid (letters, digits, '_', "
                                "'.', '-', starting with a letter or '_', at most 64).")
         out[key] = _finite_or_none(value, f"raw[{key!r}]")
+    return out
+
+
+def _check_qa(qa: Any) -> dict[str, Any] | None:
+    """The ``qa`` object (schema 1.1): running tSNR per region, DVARS and the spike flag."""
+    if qa is None:
+        return None
+    if not isinstance(qa, Mapping):
+        raise MessageError(f"qa must be an object or null, got {type(qa).__name__}.")
+    missing = [k for k in ("tsnr", "dvars", "dvars_z", "spike") if k not in qa]
+    if missing:
+        raise MessageError(f"qa lacks {', '.join(missing)}.")
+    tsnr = qa["tsnr"]
+    if not isinstance(tsnr, Mapping):
+        raise MessageError(f"qa.tsnr must be an object (region -> number or null), "
+                           f"got {type(tsnr).__name__}.")
+    out = dict(qa)
+    out["tsnr"] = {}
+    for key, value in tsnr.items():
+        if not isinstance(key, str) or not _METRIC_NAME.match(key):
+            raise MessageError(f"qa.tsnr region name {key!r} is invalid.")
+        out["tsnr"][key] = _finite_or_none(value, f"qa.tsnr[{key!r}]")
+    for key in ("dvars", "dvars_z"):
+        out[key] = _finite_or_none(qa.get(key), f"qa.{key}")
+    out["spike"] = _check_bool(qa["spike"], "qa.spike")
     return out
 
 
@@ -329,6 +355,12 @@ class FeedbackMessage:
         What to show; None derives it with :func:`default_display`.
     time_published : float | None
         Set when the message is sent (unix s); None until then.
+    qa : mapping | None
+        Real-time quality (schema 1.1): ``{"tsnr": {"brain": float, ROI: float, ...},
+        "dvars": float | None, "dvars_z": float | None, "spike": bool}``; None for a
+        missing or rejected volume.
+    baseline : float | None
+        Baseline of the fed-back metric in its own units (schema 1.1); None until known.
     """
 
     session_id: str
@@ -343,6 +375,8 @@ class FeedbackMessage:
     acquisition_time: float | None = None
     display: DisplayHint | None = None
     time_published: float | None = None
+    qa: Mapping[str, Any] | None = None
+    baseline: float | None = None
     type: str = field(default="feedback", init=False)
 
     def __post_init__(self):
@@ -371,6 +405,8 @@ class FeedbackMessage:
             raise MessageError(f"display must be a DisplayHint, got "
                                f"{type(self.display).__name__}.")
         set_(self, "time_published", _check_time(self.time_published, "time_published", True))
+        set_(self, "qa", _check_qa(self.qa))
+        set_(self, "baseline", _finite_or_none(self.baseline, "baseline"))
 
     @property
     def topic(self) -> bytes:
@@ -394,13 +430,17 @@ class FeedbackMessage:
             "flags": list(self.flags),
             "target": self.target,
             "display": self.display.to_dict(),
+            "qa": None if self.qa is None else {**self.qa, "tsnr": dict(self.qa["tsnr"])},
+            "baseline": self.baseline,
         }
 
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any]) -> FeedbackMessage:
         """Build from a decoded JSON object (unknown keys are ignored)."""
         _require(obj, _FEEDBACK_KEYS)
-        _check_major_version(obj["schema_version"])
+        version = _check_major_version(obj["schema_version"])
+        if int(version.split(".")[1]) >= 1:  # 1.1 added qa and baseline
+            _require(obj, ("qa", "baseline"))
         if obj["type"] != "feedback":
             raise MessageError(f"type must be 'feedback', got {obj['type']!r}.")
         return cls(
@@ -411,6 +451,7 @@ class FeedbackMessage:
             acquisition_time=obj["acquisition_time"],
             display=DisplayHint.from_dict(obj["display"]),
             time_published=_check_time(obj["time_published"], "time_published", False),
+            qa=obj.get("qa"), baseline=obj.get("baseline"),
         )
 
 

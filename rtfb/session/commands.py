@@ -54,6 +54,11 @@ def add_run_parser(sub) -> None:
     p.add_argument("--idle-timeout", type=float, default=None,
                    help="stop when no volume arrives for this many seconds")
     p.add_argument("--quiet", action="store_true", help="no live terminal view")
+    p.add_argument("--dashboard", nargs="?", type=int, const=8765, default=None, metavar="PORT",
+                   help="serve the operator dashboard on http://127.0.0.1:PORT/ (default "
+                        "8765; 0 picks a free port); its controls need the printed token")
+    p.add_argument("--dashboard-host", default="127.0.0.1", metavar="HOST",
+                   help="interface of the dashboard (default 127.0.0.1, this computer only)")
     p.set_defaults(func=run_command, command_parser=p)
 
 
@@ -134,6 +139,14 @@ def run_command(args: argparse.Namespace) -> int:
     else:
         protocol = load_protocol(args.protocol)
     address = args.zmq or protocol.output.zmq_address
+    if args.dashboard is not None:
+        from ..dashboard.server import check_address
+
+        try:
+            args.dashboard = check_address(args.dashboard_host, args.dashboard)
+        except (OSError, ValueError) as err:
+            console.print(f"rtfb run: --dashboard {args.dashboard_host}:{args.dashboard}: {err}")
+            return 2
     stop = threading.Event()
     tmp = None
     simulator_dir = None
@@ -174,6 +187,7 @@ def run_command(args: argparse.Namespace) -> int:
             finished.set()
 
     Session.warm_up()
+    dashboard = None
     # threads inherit this mask: Ctrl-C is handled by the main thread alone and never
     # interrupts the acquisition, processing or publishing threads mid-call
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
@@ -183,6 +197,8 @@ def run_command(args: argparse.Namespace) -> int:
 
             display = HeadlessDisplay(publisher.endpoint)
             display.start()
+        if args.dashboard is not None:
+            dashboard = _start_dashboard(args, session, publisher.endpoint, finished, console)
         source.start()
         if player is not None:
             player.start()
@@ -207,6 +223,8 @@ def run_command(args: argparse.Namespace) -> int:
             source.stop()
             if display is not None:
                 display.stop()
+            if dashboard is not None:
+                dashboard.stop()
     session.close()
     if "error" in holder:
         console.print(f"[red]session failed:[/red] {holder['error']}")
@@ -217,6 +235,21 @@ def run_command(args: argparse.Namespace) -> int:
     if display is not None:
         console.print(f"headless display received {len(display.messages)} messages")
     return 0
+
+
+def _start_dashboard(args, session, endpoint, finished, console):
+    """Start the operator dashboard of ``rtfb run --dashboard`` (address checked before)."""
+    from ..dashboard.cli import LiveDashboard
+
+    m = session.protocol.metric
+    dashboard = LiveDashboard(session.out_dir, endpoint, session.commands,
+                              port=args.dashboard, host=args.dashboard_host,
+                              roi=m.roi or m.target or m.seed,
+                              accepting=lambda: not finished.is_set()).start()
+    token = dashboard.server.token
+    console.print(f"dashboard: {dashboard.server.operator_url}", soft_wrap=True)
+    console.print(f"operator token: {token}", soft_wrap=True)
+    return dashboard
 
 
 def replay_command(args: argparse.Namespace) -> int:

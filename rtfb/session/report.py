@@ -33,7 +33,8 @@ from .record_reader import SessionRecord, load_record
 __all__ = ["build_report_html", "write_report"]
 
 #: Event kinds listed in the events table (``block`` events are shown in the plots instead).
-TABLE_EVENT_KINDS = ("start", "resume", "warning", "error", "missing", "late", "end")
+TABLE_EVENT_KINDS = ("start", "resume", "warning", "error", "missing", "late", "mark",
+                     "feedback_pause", "feedback_resume", "stop", "end")
 _MAX_EVENT_ROWS = 500
 _MOTION_LABELS = ("tx", "ty", "tz", "rx", "ry", "rz")
 _FD_KEY = re.compile(r"^(fd_?(threshold|thresh|max|limit|cutoff)|(censor|max)_?fd"

@@ -25,12 +25,15 @@ import nibabel as nib
 import numba
 import numpy as np
 
+from ..dashboard.commands import CommandQueue
 from ..feedback.mapping import FeedbackMapper
 from ..feedback.messages import FLAGS, SCHEMA_VERSION
 from ..ingest import Late, Missing, Volume
+from ..metrics.qa import RunningQA
 from ..preprocess.pipeline import Preprocessor
 from .blocks import BlockSchedule
 from .metric_engine import MetricEngine
+from .operator import apply_commands
 from .record import SessionRecorder
 from .record_reader import load_record
 from .rois import resolve_rois
@@ -117,6 +120,8 @@ class Session:
         self._baseline_maps: dict[str, np.ndarray] = {}
         self._processed: set[int] = set()
         self._received: set[int] = set()
+        self.commands = CommandQueue()  # operator commands (dashboard), applied between volumes
+        self.feedback_paused = False
         self._open_record()
 
     # ------------------------------------------------------------------ set-up
@@ -139,7 +144,7 @@ class Session:
         pre = Preprocessor(glm="cumulative", n_expected=4, smoothing_fwhm=4.0).fit(
             Volume(vols[0], affine, 0))
         states = [SlidingALFF(3, 10.0, (0.01, 0.05)), SlidingReHo(3, mask), SlidingPSC(3),
-                  SlidingSeedFC(3, np.arange(2))]
+                  SlidingSeedFC(3, np.arange(2)), RunningQA()]
         for i, vol in enumerate(vols):
             data = pre.transform(Volume(vol, affine, i)).data
             for state in states:
@@ -179,6 +184,10 @@ class Session:
             m.kind, self.preprocessor.mask_, self.rois, roi=m.roi, seed=m.seed,
             target=m.target, window=m.window, tr=p.session.tr, band=tuple(m.band),
             neighborhood=m.neighborhood, maps=tuple(m.maps))
+        in_mask = np.cumsum(self.preprocessor.mask_.ravel()) - 1  # voxel -> position in vec
+        self.qa = RunningQA({name: in_mask[np.flatnonzero(roi.ravel() &
+                                                          self.preprocessor.mask_.ravel())]
+                             for name, roi in self.rois.items()})
         fb = p.feedback
         if fb is None:  # monitoring: values are recorded, nothing is fed back
             self.mapper = FeedbackMapper()
@@ -321,13 +330,14 @@ class Session:
             self._block_index = block.index
         flags = []
         motion, fd, censored = None, None, False
-        vec = None
+        vec, qa = None, None
         if volume is not None:
             try:
                 result = self.preprocessor.transform(volume)
                 vec, motion, fd, censored = result.data, result.motion, result.fd, \
                     result.censored
                 flags.extend(result.flags)
+                qa = self.qa.partial_fit(result.uncleaned).summary()
             except ValueError as err:
                 self._event("error", f"volume {index} rejected: {err}", index)
                 flags.append("rejected")
@@ -351,6 +361,9 @@ class Session:
         else:
             flags.append("baseline")
         show = bool(block.feedback and self.protocol.session.participant_feedback)
+        if show and self.feedback_paused:  # operator pause (dashboard)
+            show = False
+            flags.append("paused")
         if not show:
             flags.append("no_feedback")
         shown = value if show else None
@@ -363,12 +376,13 @@ class Session:
                    flags=[f for f in flags if f in FLAGS],
                    target=None if self.protocol.feedback is None
                    else self.protocol.feedback.target,
-                   display={"show_bar": show, "state": state})
+                   display={"show_bar": show, "state": state}, qa=qa,
+                   baseline=getattr(self.mapper, "baseline_", None))
         self._publish("feedback", msg)
         published = msg["time_published"] if msg["time_published"] is not None else processed
         entry = {"index": index, "block": block.as_dict(), "motion": motion, "fd": fd,
                  "censored": censored, "metrics": values, "feedback": shown,
-                 "feedback_value": value, "flags": flags,
+                 "feedback_value": value, "flags": flags, "qa": qa,
                  "times": {"received": received, "processed": processed,
                            "published": published},
                  "latency_ms": (published - received) * 1e3}
@@ -493,6 +507,8 @@ class Session:
         n_expected = self.protocol.session.volumes
         try:
             while not stop_event.is_set():
+                if apply_commands(self, stop_event) and stop_event.is_set():
+                    break
                 if self._processed and max(self._processed) >= n_expected - 1:
                     break
                 try:

@@ -29,7 +29,7 @@ def test_feedback_round_trip():
     assert frames[0] == b"feedback"
     topic, obj = decode(frames)
     assert topic == "feedback"
-    assert obj["schema_version"] == SCHEMA_VERSION == "1.0"
+    assert obj["schema_version"] == SCHEMA_VERSION == "1.1"
     assert obj["type"] == "feedback"
     assert obj["volume_index"] == 42 and obj["value"] == 0.61 and obj["fd"] == 0.12
     assert obj["time_published"] == 1795600000.25
@@ -123,7 +123,7 @@ def test_block_and_hint_validation():
     with pytest.raises(MessageError, match="display.state"):
         DisplayHint(True, "party")
     assert FLAGS == ("warmup", "baseline", "motion", "censored", "missing", "late",
-                     "signal_lost", "no_feedback")
+                     "signal_lost", "no_feedback", "paused")
 
 
 def test_encode_checks_topic_and_accepts_dicts():
@@ -183,7 +183,7 @@ def test_decode_accepts_newer_minor_version():
     topic, out = decode(_frames(obj))
     assert topic == "feedback" and out["future_field"] == {"x": 1}
     st = json.loads(encode(b"status", status("end"))[1])
-    decode(_frames({**st, "schema_version": "1.1", "event": "pause"}, b"status"))
+    decode(_frames({**st, "schema_version": "1.2", "event": "pause"}, b"status"))
     with pytest.raises(MessageError, match="event"):  # same version: must be known
         validate_message({**st, "event": "pause"})
 
