@@ -69,7 +69,7 @@ def test_classic_slice_timing_from_acquisition_times(tmp_path):
     assert "SliceTiming" not in read_dicom_slices([p for p, _ in group]).header
 
 
-def _get_volumes(watcher, n, timeout=30.0):
+def _get_volumes(watcher, n, timeout=120.0):
     items = [watcher.get(timeout=timeout) for _ in range(n)]
     assert all(isinstance(item, Volume) for item in items), items
     return items
