@@ -745,6 +745,7 @@ def stream(
     connect_timeout: float = 10.0,
     series: str | None = None,
     log: Callable[[str], None] | None = None,
+    first_volume: int = 1,
 ) -> dict:
     """Stream a run to a folder or a TCP receiver in real time, with optional faults.
 
@@ -790,6 +791,10 @@ def stream(
         TCP ``series`` field (default: ``sim-<source name>``).
     log : callable | None
         Called with one line per event (e.g. ``print``).
+    first_volume : int
+        1-based number of the first volume played (default 1): a run picked up in the
+        middle (e.g. to resume a session); earlier volumes get the action ``skipped``
+        and the schedule starts with this one.
 
     Returns
     -------
@@ -849,6 +854,9 @@ def stream(
     delay_seconds = 2.0 * tr if delay_seconds is None else float(delay_seconds)
     if delay_seconds < 0:
         raise ValueError(f"delay_seconds must be >= 0, got {delay_seconds!r}.")
+    first_volume = int(first_volume)
+    if not 1 <= first_volume <= n_volumes:
+        raise ValueError(f"first_volume must lie in [1, {n_volumes}], got {first_volume}.")
     plan = plan_faults(n_volumes, faults, seed=fault_seed)
     fault_rng_seed = [int(fault_seed), 0x5EED]
 
@@ -861,8 +869,8 @@ def stream(
     # schedule: one or two events per volume
     events: list[_Event] = []
     seq = 0
-    for v in range(1, n_volumes + 1):
-        nominal = start_delay + (v - 1) * interval
+    for v in range(first_volume, n_volumes + 1):
+        nominal = start_delay + (v - first_volume) * interval
         fault, partner = plan.get(v, (None, None))
         todo: list[tuple[float, int, str]] = []
         if fault == "drop":
@@ -877,7 +885,7 @@ def stream(
         elif fault == "delay":
             todo = [(nominal + delay_seconds / speed, 1, "write")]
         elif fault == "shuffle":
-            todo = [(start_delay + (partner - 1) * interval, 0, "write")]
+            todo = [(start_delay + (partner - first_volume) * interval, 0, "write")]
         else:
             todo = [(nominal, 0, "write")]
         for t, prio, kind in todo:
@@ -891,11 +899,13 @@ def stream(
     records = []
     for v in range(1, n_volumes + 1):
         fault, partner = plan.get(v, (None, None))
+        skipped = v < first_volume
         records.append({
             "volume": v, "index": v - 1, "source_volume": (v - 1) % src.n_volumes + 1,
-            "action": ACTIONS.get(fault, "written"), "swapped_with": partner,
-            "planned_time": round(start_delay + (v - 1) * interval, 6),
-            "valid": fault in (None, "duplicate", "delay", "shuffle"),
+            "action": "skipped" if skipped else ACTIONS.get(fault, "written"),
+            "swapped_with": partner,
+            "planned_time": round(start_delay + (v - first_volume) * interval, 6),
+            "valid": not skipped and fault in (None, "duplicate", "delay", "shuffle"),
             "names": None if tcp else src.names(v), "writes": [],
         })
     resolved = {kind: [v for v, (f, _) in plan.items() if f == kind] for kind in FAULT_TYPES}
@@ -912,6 +922,7 @@ def stream(
         "output": "tcp" if tcp else "folder",
         "tr": tr, "speed": speed, "interval": interval, "n_volumes": n_volumes,
         "start_delay": float(start_delay), "chunks": chunks, "chunk_pause": chunk_pause,
+        "first_volume": first_volume,
         "faults": {
             "requested": {k: v for k, v in (faults or {}).items()},
             "seed": int(fault_seed), "delay_seconds": delay_seconds,

@@ -1,24 +1,31 @@
-"""Whole session latency: file complete in the export folder -> feedback message published.
+"""Whole session latency: file complete in the export folder -> feedback delivered to a subscriber.
 
 The simulator streams a synthetic subject (with motion) into an export folder at a fixed
-pace; a session with whole-brain sliding ALFF and ReHo maps (plus the ROI value fed back)
-runs on it with a real ZeroMQ publisher. The file-complete times come from the simulator's
-manifest (when the last chunk was written), the publish times from the messages actually
-sent. Memory: resident size after the first 300 volumes and at the end of a long run.
+pace, in its own process (it plays the scanner, another machine); a session with whole-brain
+sliding ALFF and ReHo maps (plus the ROI value fed back) runs on it with a real ZeroMQ
+publisher and a connected subscriber. The file-complete times come from the simulator's
+manifest (when the last chunk was written), the delivery times from the subscriber's clock
+when the message arrived. Warm-up volumes (window not full) and window-full volumes are
+reported apart, on a quiet machine and with a CPU hog (a busy process per core) alongside.
+Memory: resident size after the first 300 volumes and at the end (long run).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 
-from ._timing import peak_rss_mib, rss_mib, summary_ms
+from ._timing import peak_rss_mib, rss_mib
 
 _PROTOCOL = """
 [session]
@@ -73,15 +80,52 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class _Subscriber:
+    """A display stand-in: receive every feedback message, note when it arrived."""
+
+    def __init__(self, endpoint: str):
+        import zmq
+
+        self._ctx = zmq.Context()
+        self._sock = self._ctx.socket(zmq.SUB)
+        self._sock.setsockopt(zmq.RCVHWM, 100_000)
+        self._sock.connect(endpoint)
+        self._sock.subscribe(b"feedback")
+        self.received: dict[int, tuple[float, dict]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> _Subscriber:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if self._sock.poll(100):
+                frames = self._sock.recv_multipart()
+                now = time.time()
+                msg = json.loads(frames[1])
+                self.received.setdefault(msg["volume_index"], (now, msg))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._sock.close(0)
+        self._ctx.term()
+
+
+def _hogs(n: int) -> list[subprocess.Popen]:
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+
+
 def run_session(shape, n_subject: int, n_volumes: int, window: int, interval: float,
-                tmp: Path, rss_at: int = 300) -> dict:
-    """Stream and process one session; returns latencies and memory figures."""
-    from simulator import make_subject, stream, write_subject
+                tmp: Path, hog: bool = False, rss_at: int = 300) -> dict:
+    """Stream and process one session; returns latencies (s) and memory figures."""
+    from simulator import make_subject, write_subject
 
     from ..config import load_protocol
     from ..feedback.publisher import FeedbackPublisher
     from ..ingest import FolderWatcher
-    from ..session.record_reader import load_record
     from ..session.runner import Session
 
     subject_dir = tmp / "subject"
@@ -103,16 +147,28 @@ def run_session(shape, n_subject: int, n_volumes: int, window: int, interval: fl
 
     Session.warm_up()
     session = Session(protocol, tmp / "record", on_status=on_status)
-    with FeedbackPublisher(protocol.output.zmq_address, session_id=session.session_id,
-                           on_sent=session.record_message) as publisher:
-        session.publisher = publisher
-        with FolderWatcher(export, gap_timeout=5.0) as watcher:
-            player = threading.Thread(target=stream, args=(subject_dir, export), kwargs=dict(
-                tr=2.0, speed=2.0 / interval, volumes=n_volumes, manifest=tmp / "m.json"))
-            player.start()
-            session.run(watcher, idle_timeout=10.0)
-            player.join()
-    session.close()
+    hogs = _hogs(os.cpu_count() or 2) if hog else []
+    try:
+        with FeedbackPublisher(protocol.output.zmq_address, session_id=session.session_id,
+                               on_sent=session.record_message) as publisher:
+            session.publisher = publisher
+            sub = _Subscriber(publisher.endpoint).start()
+            time.sleep(0.5)  # connected and subscribed before the first volume
+            with FolderWatcher(export, gap_timeout=5.0, tr=interval) as watcher:
+                player = subprocess.Popen(
+                    [sys.executable, "-m", "simulator", "stream", str(subject_dir), "--to",
+                     str(export), "--tr", "2.0", "--speed", str(2.0 / interval), "--volumes",
+                     str(n_volumes), "--manifest", str(tmp / "m.json")],
+                    stdout=subprocess.DEVNULL)
+                session.run(watcher, idle_timeout=60.0)  # from the start: the
+                player.wait(60)                          # simulator needs a few s to start
+            time.sleep(0.3)
+            sub.stop()
+        session.close()
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
     rss["end"] = rss_mib()
     manifest = json.loads((tmp / "m.json").read_text())
     t0 = manifest["t0_unix"]
@@ -121,54 +177,67 @@ def run_session(shape, n_subject: int, n_volumes: int, window: int, interval: fl
         finished = [w["finished"] for w in vol["writes"] if w.get("complete")]
         if finished:
             complete[vol["index"]] = t0 + min(finished)
-    record = load_record(tmp / "record")
-    published = {m["message"]["volume_index"]: m["message"]["time_published"]
-                 for m in record.messages if m["topic"] == "feedback"}
-    lat = np.array([published[i] - complete[i] for i in complete if i in published])
-    received = {v["index"]: v["times"]["received"] for v in record.volumes}
-    ingest = np.array([received[i] - complete[i] for i in complete if i in received])
-    process = np.array([published[i] - received[i] for i in complete if i in published])
-    return dict(latency=lat, ingest=ingest, process=process, n_sent=len(complete),
-                n_published=len(published),
-                lost=len(set(complete) - set(published)), voxels=int(session.engine.mask.sum()),
-                rss=rss, peak=peak_rss_mib())
+    delivered = {i: t for i, (t, _) in sub.received.items()}
+    shown_stale = [i for i, (t, m) in sub.received.items()
+                   if m["value"] is not None and i in complete
+                   and t - complete[i] > session.max_delay]
+    idx = np.array(sorted(set(complete) & set(delivered)))
+    lat = np.array([delivered[i] - complete[i] for i in idx])
+    full = idx >= window - 1
+    stale = sum("stale" in m["flags"] for _, m in sub.received.values())
+    return dict(warmup=lat[~full], full=lat[full], n_sent=len(complete),
+                n_delivered=len(delivered), lost=len(set(complete) - set(delivered)),
+                voxels=int(session.engine.mask.sum()), stale=stale,
+                shown_stale=len(shown_stale), max_delay=session.max_delay, rss=rss,
+                peak=peak_rss_mib())
+
+
+def _stats(seconds) -> str:
+    if len(seconds) == 0:
+        return "- / - / -"
+    ms = np.asarray(seconds) * 1e3
+    return f"{np.median(ms):.1f} / {np.percentile(ms, 95):.1f} / {np.percentile(ms, 99):.1f}"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``python -m rtfb.bench session``."""
-    parser.add_argument("--shapes", nargs="+", default=["64x64x36", "104x104x72"])
-    parser.add_argument("--volumes", nargs="+", type=int, default=[300, 150],
+    parser.add_argument("--shapes", nargs="+", default=["64x64x36"])
+    parser.add_argument("--volumes", nargs="+", type=int, default=[200],
                         help="volumes per shape")
-    parser.add_argument("--intervals", nargs="+", type=float, default=[0.1, 0.5],
-                        help="seconds between volumes per shape (TR / speed)")
+    parser.add_argument("--intervals", nargs="+", type=float, default=[0.25],
+                        help="seconds between volumes per shape (TR / speed; TR is 2 s)")
     parser.add_argument("--window", type=int, default=64)
-    parser.add_argument("--long-run", type=int, default=2000,
-                        help="volumes of the memory run on the first shape (0 to skip)")
+    parser.add_argument("--conditions", nargs="+", default=["quiet", "hog"],
+                        choices=["quiet", "hog"],
+                        help="quiet machine, and/or one busy process per core alongside")
+    parser.add_argument("--long-run", type=int, default=0,
+                        help="volumes of a memory run on the first shape (0: skip)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark and print markdown tables."""
-    print("# rtfb.bench session: file complete -> feedback message published\n")
-    print("| grid | in-mask voxels | volumes | pace (ms) | latency median / p95 (ms) | "
-          "of which ingest / processing, medians (ms) | lost |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("# rtfb.bench session: file complete -> feedback delivered to a subscriber\n")
+    print("| grid | in-mask voxels | volumes | pace (ms) | condition | warm-up median / p95 / "
+          "p99 (ms) | window full median / p95 / p99 (ms) | stale | stale shown as fresh "
+          "| lost |")
+    print("|---|---:|---:|---:|---|---:|---:|---:|---:|---:|")
     for text, n_vol, interval in zip(args.shapes, args.volumes, args.intervals, strict=True):
         shape = tuple(int(v) for v in text.split("x"))
-        with tempfile.TemporaryDirectory() as tmp:
-            res = run_session(shape, n_vol, n_vol, args.window, interval, Path(tmp))
-        med, p95 = summary_ms(res["latency"])
-        ing, _ = summary_ms(res["ingest"])
-        proc, _ = summary_ms(res["process"])
-        print(f"| {text} | {res['voxels']} | {n_vol} | {interval * 1e3:.0f} | "
-              f"{med:.1f} / {p95:.1f} | {ing:.1f} / {proc:.1f} | {res['lost']} |", flush=True)
+        for condition in args.conditions:
+            with tempfile.TemporaryDirectory() as tmp:
+                res = run_session(shape, n_vol, n_vol, args.window, interval, Path(tmp),
+                                  hog=condition == "hog")
+            print(f"| {text} | {res['voxels']} | {n_vol} | {interval * 1e3:.0f} | "
+                  f"{condition} | {_stats(res['warmup'])} | {_stats(res['full'])} | "
+                  f"{res['stale']} | {res['shown_stale']} | {res['lost']} |", flush=True)
     if args.long_run:
         shape = tuple(int(v) for v in args.shapes[0].split("x"))
         with tempfile.TemporaryDirectory() as tmp:
             res = run_session(shape, 300, args.long_run, args.window, args.intervals[0],
                               Path(tmp))
-        med, p95 = summary_ms(res["latency"])
+        lat = np.concatenate([res["warmup"], res["full"]])
         print(f"\nlong run: {args.long_run} volumes of {args.shapes[0]} (source looped), "
-              f"latency median {med:.1f} ms, p95 {p95:.1f} ms, {res['lost']} lost; RSS "
+              f"latency median / p95 / p99 {_stats(lat)} ms, {res['lost']} lost; RSS "
               f"{res['rss'].get('after_first', float('nan')):.0f} MiB after 300 volumes, "
               f"{res['rss']['end']:.0f} MiB at the end (peak {res['peak']:.0f} MiB)")
     return 0

@@ -68,7 +68,8 @@ _ROI_KEYS = ("file", "space", "mni_sphere", "simulator_roi")
 _SPHERE_KEYS = ("center", "radius")
 _METRIC_KEYS = ("kind", "roi", "seed", "target", "window", "band", "neighborhood",
                 "whole_brain", "maps")
-_FEEDBACK_KEYS = ("baseline", "direction", "change", "scale", "clip", "smoothing", "target")
+_FEEDBACK_KEYS = ("baseline", "direction", "change", "scale", "clip", "smoothing", "target",
+                  "max_delay")
 _OUTPUT_KEYS = ("zmq_address", "write_maps_every")
 
 
@@ -298,6 +299,9 @@ class FeedbackConfig:
         Weight of the new value in the exponential smoothing, in (0, 1] (1 = none).
     target : float
         Target line position in [0, 1].
+    max_delay : float | None
+        Seconds after its file was complete within which a feedback value may still be shown
+        (older values are published flagged ``stale``, with no value); None: half a TR.
     """
 
     direction: str
@@ -308,6 +312,7 @@ class FeedbackConfig:
     clip: tuple[float, float] = (0.0, 1.0)
     smoothing: float = 1.0
     target: float = 0.75
+    max_delay: float | None = None
 
 
 @dataclass(frozen=True)
@@ -714,7 +719,8 @@ def _parse_feedback(top: Section, session: SessionConfig, blocks: tuple[Block, .
     return FeedbackConfig(
         direction=direction, baseline=baseline, baseline_block=baseline_block, change=change,
         scale=sec.number("scale", 1.0, gt=0), clip=clip,
-        smoothing=sec.number("smoothing", 1.0, gt=0, le=1), target=target)
+        smoothing=sec.number("smoothing", 1.0, gt=0, le=1), target=target,
+        max_delay=sec.number("max_delay", None, gt=0, unit="seconds"))
 
 
 def _parse_output(top: Section, metric: MetricConfig) -> OutputConfig:

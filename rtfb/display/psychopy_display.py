@@ -143,8 +143,8 @@ def draw(win, stims: Stims, snapshot: Snapshot) -> None:
         if snapshot.target is not None:
             stims.target.pos = (0, L["bar_bottom"] + snapshot.target * L["bar_height"])
             stims.target.draw()
-    if snapshot.cue:
-        _set_text(stims.cue, snapshot.cue)
+    if snapshot.cue:  # a discreet mark while the session catches up (stale values)
+        _set_text(stims.cue, snapshot.cue + (" ·" if snapshot.catching_up else ""))
         stims.cue.draw()
     if snapshot.fixation:
         stims.fixation.draw()

@@ -87,6 +87,7 @@ class Snapshot:
     condition: str | None = None
     flags: tuple[str, ...] = ()
     time: float = field(default=0.0, compare=False)
+    catching_up: bool = False
 
 
 class DisplayState:
@@ -130,6 +131,7 @@ class DisplayState:
         self._flowing = False                  # volumes are arriving (timeout applies)
         self._status_lost = False              # status "signal_lost" not yet restored
         self._ended = False
+        self._catching_up = False              # last feedback message was stale
 
     @property
     def effective_timeout(self) -> float:
@@ -176,7 +178,10 @@ class DisplayState:
         self._last_time = now
         self.n_applied += 1
         if topic == "feedback":
-            self._feedback = message
+            # a stale message (the session is catching up) keeps the last state shown
+            self._catching_up = "stale" in (message.get("flags") or ())
+            if not (self._catching_up and self._feedback is not None):
+                self._feedback = message
             self._flowing = True
             self._status_lost = False
             self._ended = False
@@ -185,6 +190,7 @@ class DisplayState:
         return self.snapshot(now)
 
     def _reset(self, session: str | None) -> None:
+        self._catching_up = False
         self._session = session
         self._feedback = None
         self._status = None
@@ -233,6 +239,7 @@ class DisplayState:
             "condition": block.get("condition"),
             "flags": tuple((fb or {}).get("flags") or ()),
             "time": now,
+            "catching_up": self._catching_up,
         }
         cue = block.get("cue") or ""
         target = None if fb is None else fb.get("target")

@@ -66,6 +66,8 @@ FLAGS = (
     "signal_lost",  # the session has no usable signal (e.g. ROI out of the field of view)
     "no_feedback",  # the current block shows no feedback (rest or transfer block)
     "paused",       # the operator paused the participant's feedback (schema 1.1)
+    "stale",        # published later than feedback.max_delay after the file was complete:
+                    # no value; the display keeps its last state ("catching up")
 )
 #: what the display should show (``display.state``)
 DISPLAY_STATES = ("feedback", "rest", "signal_lost", "motion", "end")

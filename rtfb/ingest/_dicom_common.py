@@ -238,6 +238,22 @@ def _series_key(ds: Dataset) -> str | None:
     return short_hash(str(uid), "uid-") if uid else None
 
 
+def lock_fields(ds: Dataset) -> dict[str, str | None]:
+    """``FileInfo`` identity fields for the series lock (:mod:`rtfb.ingest.series_lock`).
+
+    Raw ``study_uid`` and ``series_uid`` (compared in memory, never written) and the run's
+    ``series_number`` as text; ``series_uid`` is None for XA interoperability exports, whose
+    every volume has its own (see :func:`_split_series_number`).
+    """
+    def text(value: Any) -> str | None:
+        return str(value).strip() or None if value is not None else None
+
+    number = _split_series_number(ds)
+    return {"study_uid": text(ds.get("StudyInstanceUID")),
+            "series_uid": None if _is_split(ds) else text(ds.get("SeriesInstanceUID")),
+            "series_number": None if number is None else str(number)}
+
+
 def series_identity(ds: Dataset) -> dict[str, Any]:
     """What identifies the run a file belongs to, without patient data.
 

@@ -55,6 +55,11 @@ class VolumeTiming:
         (included in ``queued - complete``).
     late : bool
         Delivered as :class:`~rtfb.ingest.ordering.Late`.
+    read : float | None
+        :func:`time.perf_counter` when the reader returned the volume (for TCP: equal to
+        ``complete``). ``complete`` is when the file became complete: its modification time
+        clamped between the listing before its last change was seen and the read, so a
+        stalled acquisition thread still counts its stall.
     """
 
     index: int
@@ -66,6 +71,12 @@ class VolumeTiming:
     mtime: float | None
     wait: float
     late: bool
+    read: float | None = None
+
+    def wall(self, name: str) -> float | None:
+        """Time stamp ``name`` (seen, complete, read, queued) as epoch seconds."""
+        value = getattr(self, name)
+        return None if value is None else value + (self.queued_wall - self.queued)
 
 
 @dataclass(frozen=True)
@@ -134,10 +145,13 @@ class _Handoff:
 
     def __init__(self, *, queue_size: int, gap_timeout: float, first_index: int | None,
                  max_pending: int, max_ahead: int, max_timings: int,
-                 stop_event: threading.Event, name: str) -> None:
+                 stop_event: threading.Event, name: str, tr: float | None = None,
+                 ahead_margin: int = 8) -> None:
         self.queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self.orderer = VolumeOrderer(gap_timeout, first_index=first_index,
-                                     max_pending=max_pending, max_ahead=max_ahead)
+                                     max_pending=max_pending, max_ahead=max_ahead, tr=tr,
+                                     ahead_margin=ahead_margin, start=time.perf_counter())
+        self._notices: deque[dict] = deque(maxlen=10_000)
         self._stop = stop_event
         self._name = name
         self._lock = threading.Lock()
@@ -154,15 +168,35 @@ class _Handoff:
         with self._lock:
             self._counts[name] += n
 
+    def notice(self, kind: str, message: str, **fields) -> None:
+        """Queue an event for the session record (drained by the processing thread)."""
+        self._notices.append({"kind": kind, "message": message, "time": time.time(),
+                              **fields})
+
+    def drain_notices(self) -> list[dict]:
+        """Events since the last call (processing-thread side; thread-safe)."""
+        out = []
+        while True:
+            try:
+                out.append(self._notices.popleft())
+            except IndexError:
+                return out
+
     def is_known(self, index: int) -> bool:
         return self.orderer.is_known(index)
 
     def submit(self, volume: Volume, *, seen: float, complete: float,
-               mtime: float | None = None) -> str:
-        """Hand a complete volume to the orderer; return the orderer's status string."""
-        status = self.orderer.add(volume, complete)
+               mtime: float | None = None, read: float | None = None) -> str:
+        """Hand a complete volume to the orderer; return the orderer's status string.
+
+        ``seen``, ``complete`` and ``read`` are :func:`time.perf_counter` stamps (``read``
+        defaults to ``complete``); the arrival time used for ordering and plausibility is
+        ``read``.
+        """
+        read = complete if read is None else read
+        status = self.orderer.add(volume, read)
         if status in (ACCEPTED, LATE):
-            self._arrival[volume.index] = (volume.source, seen, complete, mtime)
+            self._arrival[volume.index] = (volume.source, seen, complete, mtime, read)
         self.flush()
         return status
 
@@ -190,49 +224,47 @@ class _Handoff:
         """At shutdown: release volumes waiting behind gaps, without blocking."""
         ready = self.orderer.release_all("acquisition stopped before it arrived")
         for item in ready:
-            try:
-                self.queue.put_nowait(item)
-            except queue.Full:
+            if self.queue.full():
                 self.undelivered += 1
                 continue
-            self._record(item, 0.0)
+            self._record(item, 0.0)  # before the item is visible: its timing is ready
+            self.queue.put_nowait(item)
         if self.undelivered:
             logger.warning("%s: stopped with %d item(s) not delivered (queue full)",
                            self._name, self.undelivered)
 
     def _put(self, item) -> bool:
+        """Put ``item`` in the queue, waiting while it is full; its timing is recorded just
+        before it becomes visible to the consumer (one producer: room stays room).
+        """
         wait = 0.0
-        try:
-            self.queue.put_nowait(item)
-        except queue.Full:
+        if self.queue.full():
             if not self._full_episode:  # one warning per episode of back-pressure
                 self._full_episode = True
                 self.count("blocked_episodes")
-                logger.warning("%s: queue full (%d items): the processing thread is behind; "
-                               "acquisition waits (nothing is dropped)", self._name,
-                               self.queue.maxsize)
+                text = (f"{self._name}: queue full ({self.queue.maxsize} items): the "
+                        f"processing thread is behind; acquisition waits (nothing is dropped)")
+                logger.warning(text)
+                self.notice("queue_full", text)
             t0 = time.perf_counter()
-            while True:
-                if self._stop.is_set():
-                    self.count("blocked_seconds", time.perf_counter() - t0)
-                    return False
-                try:
-                    self.queue.put(item, timeout=_PUT_POLL)
-                    break
-                except queue.Full:
-                    continue
+            with self.queue.not_full:
+                while self.queue._qsize() >= self.queue.maxsize:
+                    if self._stop.is_set():
+                        self.count("blocked_seconds", time.perf_counter() - t0)
+                        return False
+                    self.queue.not_full.wait(_PUT_POLL)
             wait = time.perf_counter() - t0
-        else:
-            if self._full_episode:
-                self._full_episode = False
-                logger.info("%s: queue has room again", self._name)
+        elif self._full_episode:
+            self._full_episode = False
+            logger.info("%s: queue has room again", self._name)
         self._record(item, wait)
+        self.queue.put_nowait(item)
         return True
 
     def _record(self, item, wait: float) -> None:
         queued = time.perf_counter()
         queued_wall = time.time()
-        size = self.queue.qsize()
+        size = self.queue.qsize() + 1  # recorded just before the put
         with self._lock:
             c = self._counts
             c["queue_high_water"] = max(c["queue_high_water"], size)
@@ -243,10 +275,10 @@ class _Handoff:
             late = isinstance(item, Late)
             c["late" if late else "delivered"] += 1
             index = item.index
-            source, seen, complete, mtime = self._arrival.pop(index)
+            source, seen, complete, mtime, read = self._arrival.pop(index)
             self._latencies.append(queued - complete)
             self._timings.append(VolumeTiming(index, source, seen, complete, queued,
-                                              queued_wall, mtime, wait, late))
+                                              queued_wall, mtime, wait, late, read))
 
     # -- consumer side -----------------------------------------------------------------------
     def get(self, timeout: float | None, running) -> object:

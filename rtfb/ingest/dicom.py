@@ -40,7 +40,7 @@ from ._dicom_common import (
     _series_key,
     has_dicm_magic,
     is_dicom,
-    series_identity,
+    lock_fields,
 )
 from ._files import file_name, reading
 from .dicom_enhanced import enhanced_volumes, probe_enhanced
@@ -74,21 +74,20 @@ def _probe_dicom(path: str | os.PathLike) -> FileInfo:
     kind, _ = _kind(f)
     ds, name = f.ds, f.name
     series = _series_key(ds)
-    identity = series_identity(ds)
+    ident = lock_fields(ds)
     if kind == "mosaic":
-        return FileInfo(f.path, "volume", series, _mosaic_index(ds, name), identity=identity)
+        return FileInfo(f.path, "volume", series, _mosaic_index(ds, name), **ident)
     if kind == "enhanced":
         index, n_volumes = probe_enhanced(f)
-        return FileInfo(f.path, "volume", series, index, n_volumes=n_volumes,
-                        identity=identity)
+        return FileInfo(f.path, "volume", series, index, n_volumes=n_volumes, **ident)
     _refuse_tiled(ds, name)
     n_slices = _slices_per_volume(ds)
     index, part = _slice_index_and_part(ds, n_slices, name)
     if n_slices == 1:
-        return FileInfo(f.path, "volume", series, index, identity=identity)
+        return FileInfo(f.path, "volume", series, index, **ident)
     preload_slice(f.path)
     return FileInfo(f.path, "slice", series, index, n_parts=n_slices or 0, part=part,
-                    position=slice_position(ds), identity=identity)
+                    position=slice_position(ds), **ident)
 
 
 def read_dicom(path: str | os.PathLike) -> Volume:

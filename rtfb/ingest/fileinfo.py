@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
-from typing import Any
 
 #: Values of :attr:`FileInfo.kind`.
 KINDS = ("volume", "slice")
@@ -47,10 +44,10 @@ class FileInfo:
         which are read with :func:`~rtfb.ingest.read.iter_volumes`).
     position : float | None
         For a slice: its position along the slice normal (mm), else None.
-    identity : Mapping
-        What identifies the run, without patient data (DICOM: ``SeriesNumber`` of the run and
-        short hashes ``SeriesInstanceUID``, ``StudyInstanceUID``, each None where unknown;
-        empty for formats without them).
+    study_uid, series_uid, series_number : str | None
+        Identity fields of formats that have them (DICOM StudyInstanceUID,
+        SeriesInstanceUID, SeriesNumber), compared by the series lock
+        (:mod:`rtfb.ingest.series_lock`); never written to logs or the record.
     """
 
     path: Path
@@ -61,7 +58,9 @@ class FileInfo:
     part: int = 1
     n_volumes: int = 1
     position: float | None = None
-    identity: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    study_uid: str | None = None
+    series_uid: str | None = None
+    series_number: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))
@@ -73,7 +72,6 @@ class FileInfo:
                 raise ValueError(f"FileInfo.{name} must be an integer >= {minimum}, got "
                                  f"{value!r} ({self.path.name}).")
             object.__setattr__(self, name, int(value))
-        object.__setattr__(self, "identity", MappingProxyType(dict(self.identity)))
         if self.n_parts and self.part > self.n_parts:
             raise ValueError(f"FileInfo.part {self.part} > n_parts {self.n_parts} "
                              f"({self.path.name}).")

@@ -102,6 +102,7 @@ class SeriesFolderWatcher:
         self._delivered = False
         self._current = FolderWatcher(self.root, **kwargs)
         self._started = False
+        self._notices: list[dict] = []
 
     # -- interface of FolderWatcher ----------------------------------------------------------
     def start(self) -> SeriesFolderWatcher:
@@ -156,6 +157,13 @@ class SeriesFolderWatcher:
         """Counters and timings of the folder followed."""
         return self._current.stats
 
+    def drain_notices(self) -> list[dict]:
+        """Notices for the session record (see :meth:`FolderWatcher.drain_notices`), those
+        of a folder left for a newer one included.
+        """
+        notices, self._notices = self._notices, []
+        return notices + self._current.drain_notices()
+
     def timing(self, index: int) -> VolumeTiming | None:
         """Time stamps of a delivered volume (see :meth:`FolderWatcher.timing`)."""
         return self._current.timing(index)
@@ -195,7 +203,10 @@ class SeriesFolderWatcher:
         if old.directory != self.root:
             self._ignored.add(old.directory)
         old.stop()
+        self._notices.extend(old.drain_notices())
         relative = os.path.relpath(folder, self.root)
         shown = "/".join(shown_name(part) for part in relative.split(os.sep))
         logger.info("watcher: following the new series folder %s under the export root", shown)
-        self._current = FolderWatcher(folder, **self._kwargs).start()
+        # the folder was created after the start: every file in it is of the new series
+        kwargs = dict(self._kwargs, accept_existing=True)
+        self._current = FolderWatcher(folder, **kwargs).start()

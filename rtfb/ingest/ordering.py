@@ -11,7 +11,12 @@ what arrived into what the processing thread should see, in order:
 - a volume that arrives after its index was reported missing is released at once, wrapped
   in :class:`Late` (flagged, never silently dropped);
 - a volume whose index was already released or is already waiting is a duplicate: it is
-  refused (the caller logs it).
+  refused (the caller logs it);
+- a volume whose index is implausibly far ahead (more than ``ahead_margin`` volumes plus
+  the number of TRs elapsed since the highest accepted volume arrived, or since the
+  orderer started) is refused as :data:`IMPLAUSIBLE`: a stray file or frame never turns
+  into "missing" volumes nor ends a session. The caller logs it and may offer the same
+  index again later (the same file re-written, another frame).
 
 The orderer is single-threaded and takes the time as an argument (any monotonic clock, in
 seconds; the callers use :func:`time.perf_counter`), so it is deterministic to test.
@@ -30,6 +35,7 @@ ACCEPTED = "accepted"  #: released at once or waiting behind a gap
 LATE = "late"  #: index had been reported missing; released at once as :class:`Late`
 DUPLICATE = "duplicate"  #: index already released or already waiting; refused
 OUT_OF_RANGE = "out_of_range"  #: index more than ``max_ahead`` beyond the next expected; refused
+IMPLAUSIBLE = "implausible"  #: index further ahead than the time elapsed allows; refused
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,15 @@ class VolumeOrderer:
         refused (:data:`OUT_OF_RANGE`): it would otherwise make the orderer report that many
         volumes missing (a corrupt index, or a run that started long before rtfb; then pass
         ``first_index``).
+    tr : float | None
+        Repetition time in seconds; enables the plausibility bound (None: only
+        ``max_ahead`` applies).
+    ahead_margin : int
+        Volumes an index may be ahead of the highest accepted one beyond the TRs elapsed
+        since it arrived (absorbs dropped files and out-of-order listings).
+    start : float | None
+        Clock time the acquisition started (default: the first :meth:`add`); before the
+        first volume the bound counts from it and from ``first_index``.
 
     Notes
     -----
@@ -95,8 +110,13 @@ class VolumeOrderer:
     """
 
     def __init__(self, gap_timeout: float, *, first_index: int | None = 0,
-                 max_pending: int = 64, max_ahead: int = 1000) -> None:
+                 max_pending: int = 64, max_ahead: int = 1000, tr: float | None = None,
+                 ahead_margin: int = 8, start: float | None = None) -> None:
         self.gap_timeout = check_positive_number(gap_timeout, "gap_timeout")
+        self.tr = None if tr is None else check_positive_number(tr, "tr")
+        self.ahead_margin = check_int(ahead_margin, "ahead_margin", 1)
+        self._high: tuple[int, float] | None = None  # highest accepted index, its arrival
+        self._start = start
         self._next = None if first_index is None else check_int(first_index, "first_index", 0)
         self.max_pending = check_int(max_pending, "max_pending", 1)
         self.max_ahead = check_int(max_ahead, "max_ahead", 1)
@@ -121,6 +141,24 @@ class VolumeOrderer:
             return True
         return self._next is not None and index < self._next and index not in self._missing
 
+    def start_clock(self, now: float) -> None:
+        """(Re)set the time the acquisition started (before the first volume)."""
+        if self._high is None:
+            self._start = float(now)
+
+    def max_plausible(self, now: float) -> int | None:
+        """Highest index that would be accepted at ``now`` (None: no bound from time)."""
+        if self.tr is None:
+            return None
+        if self._high is not None:
+            ref, since = self._high
+        elif self._next is not None:
+            ref, since = self._next - 1, (now if self._start is None else self._start)
+        else:
+            return None
+        elapsed = max(0.0, now - since)
+        return ref + self.ahead_margin + int(elapsed / self.tr)
+
     def note(self, index: int, reason: str) -> None:
         """Attach ``reason`` to ``index``, used in its :class:`Missing` event if it comes to it."""
         if self._next is None or index >= self._next:
@@ -132,6 +170,8 @@ class VolumeOrderer:
         ``now`` is the arrival time (same clock as :meth:`poll`).
         """
         index = int(volume.index)
+        if self._start is None:
+            self._start = now
         if self._next is None:
             self._next = index
         if index in self._missing:
@@ -142,6 +182,11 @@ class VolumeOrderer:
             return DUPLICATE
         if index - self._next > self.max_ahead:
             return OUT_OF_RANGE
+        bound = self.max_plausible(now)
+        if bound is not None and index > bound:
+            return IMPLAUSIBLE
+        if self._high is None or index > self._high[0]:
+            self._high = (index, now)
         self._pending[index] = (volume, now)
         self._release_in_order()
         if len(self._pending) > self.max_pending:
@@ -198,3 +243,21 @@ class VolumeOrderer:
             self._ready.append(Missing(index, f"{reason}; {note}" if note else reason))
         self._next = stop
         self._release_in_order()
+
+
+def refusal_message(status: str, orderer: VolumeOrderer, index: int, now: float) -> str | None:
+    """Why a volume was refused (for the acquisition threads' log lines), None if it was not.
+
+    Shared by the folder watcher and the TCP receiver so both say the same thing.
+    """
+    if status == DUPLICATE:
+        return f"volume {index} ignored: duplicate, already received"
+    if status == OUT_OF_RANGE:
+        return (f"volume {index} ignored: more than max_ahead={orderer.max_ahead} beyond the "
+                f"next expected volume {orderer.next_index} (wrong index, or pass first_index)")
+    if status == IMPLAUSIBLE:
+        return (f"volume {index} ignored: implausible index, at most volume "
+                f"{orderer.max_plausible(now)} can have been acquired by now (TR "
+                f"{orderer.tr:g} s, next expected {orderer.next_index}); a stray file or "
+                f"frame, or a series that began before the session")
+    return None

@@ -31,7 +31,7 @@ import numpy as np
 
 from .._utils.checks import _validate_type, check_int, check_positive_number
 from ._handoff import IngestStats, VolumeTiming, _Handoff
-from .ordering import DUPLICATE, OUT_OF_RANGE, Late, Missing
+from .ordering import DUPLICATE, IMPLAUSIBLE, Late, Missing, refusal_message
 from .volume import Volume
 
 __all__ = ["MAGIC", "TCPReceiver", "encode_frame", "send_volume"]
@@ -280,6 +280,9 @@ class TCPReceiver:
         Connections served at once; more are accepted and closed at once with a log line.
     max_pending, max_ahead, max_timings : int
         See :class:`~rtfb.ingest.watcher.FolderWatcher`.
+    tr : float | None
+        Repetition time (s): bounds how far ahead a frame's index may plausibly be (see
+        :class:`~rtfb.ingest.ordering.VolumeOrderer`).
 
     Notes
     -----
@@ -292,7 +295,7 @@ class TCPReceiver:
                  max_bytes: int = 512 * 2**20, gap_timeout: float = 3.0,
                  series: str | None = None, first_index: int | None = 0,
                  max_connections: int = 8, max_pending: int = 64, max_ahead: int = 1000,
-                 max_timings: int = 100_000) -> None:
+                 max_timings: int = 100_000, tr: float | None = None) -> None:
         _validate_type(host, str, "host")
         self.host = host
         self.port = check_int(port, "port", 0)
@@ -308,7 +311,7 @@ class TCPReceiver:
             queue_size=check_int(queue_size, "queue_size", 1), gap_timeout=gap_timeout,
             first_index=first_index, max_pending=max_pending, max_ahead=max_ahead,
             max_timings=check_int(max_timings, "max_timings", 1),
-            stop_event=self._stop_event, name="tcp")
+            stop_event=self._stop_event, name="tcp", tr=tr)
         self._listener: socket.socket | None = None
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
@@ -370,6 +373,12 @@ class TCPReceiver:
     def stats(self) -> IngestStats:
         """Snapshot of the counters and timings (thread-safe)."""
         return self._handoff.stats()
+
+    def drain_notices(self) -> list[dict]:
+        """Events for the session record since the last call (see
+        :meth:`rtfb.ingest.FolderWatcher.drain_notices`).
+        """
+        return self._handoff.drain_notices()
 
     def timing(self, index: int) -> VolumeTiming | None:
         """Time stamps of the delivered volume ``index`` (cheap: for the session record).
@@ -526,12 +535,11 @@ class TCPReceiver:
             self._handoff.count("other_series")
             return
         status = self._handoff.submit(volume, seen=seen, complete=complete)
-        if status == DUPLICATE:
-            logger.warning("tcp: %s: volume %d ignored: duplicate, already received",
-                           conn.peer, volume.index)
-            self._handoff.count("duplicates")
-        elif status == OUT_OF_RANGE:
-            logger.warning("tcp: %s: volume %d ignored: more than max_ahead=%d beyond the "
-                           "next expected volume %s", conn.peer, volume.index,
-                           self._handoff.orderer.max_ahead, self._handoff.orderer.next_index)
-            self._handoff.count("out_of_range")
+        message = refusal_message(status, self._handoff.orderer, volume.index,
+                                  time.perf_counter())
+        if message is not None:
+            logger.warning("tcp: %s: %s", conn.peer, message)
+            self._handoff.count("duplicates" if status == DUPLICATE else "out_of_range")
+            if status == IMPLAUSIBLE:
+                self._handoff.notice("implausible", f"tcp frame from {conn.peer}: {message}",
+                                     index=volume.index)

@@ -41,7 +41,8 @@ from .._utils.checks import _validate_type, check_int, check_positive_number
 from ..exceptions import IncompleteFileError, IngestError
 from ._handoff import IngestStats, VolumeTiming, _Handoff
 from .names import shown_name
-from .ordering import DUPLICATE, LATE, OUT_OF_RANGE, Late, Missing
+from .ordering import ACCEPTED, IMPLAUSIBLE, LATE, Late, Missing, refusal_message
+from .series_lock import IdentityLock
 from .slicecount import SliceCounts
 from .volume import Volume
 
@@ -74,6 +75,7 @@ class _File:
     duplicate_of: int | None = None  # reported as a duplicate of this index
     generation: int = 0  # last listing that showed the file
     companion_of: str | None = None  # name of the file read for this one (PAR/REC)
+    changed_after: float = -math.inf  # the listing before the last change was seen
 
 
 @dataclass
@@ -87,6 +89,8 @@ class _Group:
     last_try: float = -math.inf
     retry: bool = True  # False after a failure/stall: wait for a change
     reported: bool = False
+    changed_after: float = -math.inf  # latest listing before the last part's change
+    info: Any = None  # probe result of a part (identity fields for the series lock)
 
 
 def _default_reader(name: str) -> Callable:
@@ -119,8 +123,21 @@ class FolderWatcher:
         Seconds a file may stay incomplete without changing before it is reported as
         truncated (it is still retried if it changes later).
     series : str | None
-        Series to follow. ``None`` follows the series of the first file seen; files of any
-        other series are ignored with a warning.
+        Series to follow, by SeriesNumber, SeriesInstanceUID or the reader's series key
+        (``--series``). ``None`` follows the series of the first volume accepted; files of
+        any other series (a field of :class:`~rtfb.ingest.series_lock.SeriesIdentity`
+        differs) are ignored with a warning naming the field.
+    accept_existing : bool
+        Use the files already in the folder when the watcher starts (default True, for
+        library use). ``False`` (what ``rtfb run --watch`` does unless ``--accept-existing``
+        or ``--series`` is given) treats them as leftovers of an earlier series: listed once
+        as ignored (:meth:`drain_notices`) and never used, unless ``series`` names them.
+    tr : float | None
+        Repetition time (s) of the run; bounds how far ahead an index may plausibly be
+        (see :class:`~rtfb.ingest.ordering.VolumeOrderer`). None: ``max_ahead`` only.
+    stall_threshold : float
+        A probe or read of one file taking longer than this (seconds) is reported as an
+        ingest stall.
     pattern : str | re.Pattern | None
         Only file names matching this glob (e.g. ``"*.dcm"``) or regular expression (full
         match) are considered. Hidden and temporary names (leading ``.`` or ``~``, trailing
@@ -164,7 +181,9 @@ class FolderWatcher:
                  retry_interval: float = 0.05, recheck_interval: float = 1.0,
                  max_pending: int = 64, max_ahead: int = 1000,
                  max_timings: int = 100_000, probe: Callable | None = None,
-                 reader: Callable | None = None, slice_reader: Callable | None = None) -> None:
+                 reader: Callable | None = None, slice_reader: Callable | None = None,
+                 accept_existing: bool = True, tr: float | None = None,
+                 stall_threshold: float = 1.0) -> None:
         _validate_type(directory, (str, os.PathLike), "directory")
         self.directory = os.fspath(directory)
         self.poll_interval = check_positive_number(poll_interval, "poll_interval")
@@ -177,8 +196,12 @@ class FolderWatcher:
         if pattern is not None:
             _validate_type(pattern, (str, re.Pattern), "pattern")
         self._pattern = pattern
+        self._lock = IdentityLock(series)
         self._series = series
-        self._series_chosen = series is not None
+        self.accept_existing = bool(accept_existing)
+        self.stall_threshold = check_positive_number(stall_threshold, "stall_threshold")
+        self._first_poll = True
+        self._prev_poll = -math.inf
         self._probe = probe if probe is not None else _default_reader("probe")
         self._reader = reader if reader is not None else _default_reader("read_volume")
         self._slice_reader = (slice_reader if slice_reader is not None
@@ -188,7 +211,7 @@ class FolderWatcher:
             queue_size=check_int(queue_size, "queue_size", 1), gap_timeout=gap_timeout,
             first_index=first_index, max_pending=max_pending, max_ahead=max_ahead,
             max_timings=check_int(max_timings, "max_timings", 1),
-            stop_event=self._stop_event, name="watcher")
+            stop_event=self._stop_event, name="watcher", tr=tr)
         self._thread: threading.Thread | None = None
         self._files: dict[str, _File] = {}
         self._groups: dict[tuple, _Group] = {}
@@ -204,6 +227,7 @@ class FolderWatcher:
         if self._thread is not None:
             raise RuntimeError("FolderWatcher.start() was already called; a watcher cannot "
                                "be restarted, create a new one.")
+        self._handoff.orderer.start_clock(time.perf_counter())
         self._thread = threading.Thread(target=self._run, name="rtfb-watcher", daemon=True)
         self._thread.start()
         logger.info("watcher: watching %s every %.0f ms", self.directory,
@@ -245,6 +269,14 @@ class FolderWatcher:
         """Snapshot of the counters and timings (thread-safe)."""
         return self._handoff.stats()
 
+    def drain_notices(self) -> list[dict]:
+        """Events for the session record since the last call: files ignored at start,
+        refused files (other series, implausible index), queue-full episodes and stalls.
+
+        Each is a dict with ``kind``, ``message``, ``time`` (epoch s) and details.
+        """
+        return self._handoff.drain_notices()
+
     def timing(self, index: int) -> VolumeTiming | None:
         """Time stamps of the delivered volume ``index`` (cheap: for the session record).
 
@@ -272,6 +304,7 @@ class FolderWatcher:
                     self._handoff.flush()
                 except Exception as err:  # the thread must survive anything
                     self._log_loop_error(err)
+                self._prev_poll = t0
                 remaining = self.poll_interval - (time.perf_counter() - t0)
                 self._stop_event.wait(max(0.0, self._handoff.time_to_deadline(remaining)))
         finally:
@@ -318,6 +351,7 @@ class FolderWatcher:
         files = self._files
         n_present = 0
         candidates = []
+        leftovers: list[str] = []
         with entries:
             for entry in entries:
                 name = entry.name
@@ -331,15 +365,22 @@ class FolderWatcher:
                         st = entry.stat()
                     except OSError:
                         continue  # vanished between listing and stat
-                    f = files[name] = _File(name, now, (st.st_size, st.st_mtime_ns), now)
+                    f = files[name] = _File(name, now, (st.st_size, st.st_mtime_ns), now,
+                                            changed_after=self._prev_poll)
                     f.generation = generation
                     n_present += 1
+                    if self._first_poll and not self.accept_existing and \
+                            self._series is None:
+                        f.state = _DONE  # a leftover: never used, even if it changes
+                        f.duplicate_of = -1
+                        leftovers.append(name)
+                        continue
                     candidates.append(f)
                     continue
                 f.generation = generation
                 n_present += 1
-                if f.state == _DONE and not restat_done:
-                    continue  # fast path: most files, most polls
+                if f.state == _DONE and (not restat_done or f.duplicate_of == -1):
+                    continue  # fast path: most files, most polls; leftovers for good
                 if f.state == _COMPANION:
                     main = files.get(f.companion_of)
                     if main is None or main.state == _DONE:
@@ -353,6 +394,7 @@ class FolderWatcher:
                 if stamp != f.stamp:
                     f.stamp = stamp
                     f.changed_at = now
+                    f.changed_after = self._prev_poll
                     if f.state == _GROUPED:
                         group = self._groups.get(f.group)
                         if group is not None:
@@ -364,6 +406,10 @@ class FolderWatcher:
                         f.state = _PENDING  # new content: even a used file is looked at again
                 if f.state == _PENDING:
                     candidates.append(f)
+        if self._first_poll:
+            self._first_poll = False
+            if leftovers:
+                self._report_leftovers(sorted(leftovers))
         if n_present != len(files):  # some files vanished: forget them
             for name in [n for n, f in files.items() if f.generation != generation]:
                 del files[name]
@@ -384,6 +430,7 @@ class FolderWatcher:
         if f.stamp[0] == 0:  # created, nothing written yet: not worth a reader's opinion
             self._incomplete(f, None, IncompleteFileError("empty file"))
             return
+        t_probe = time.perf_counter()
         try:
             info = self._probe(path)
         except IncompleteFileError as err:
@@ -392,6 +439,8 @@ class FolderWatcher:
         except Exception as err:
             self._unreadable(f, err)
             return
+        finally:
+            self._check_stall(f.name, "probing", t_probe)
         kind = getattr(info, "kind", None)
         if kind not in ("volume", "slice"):
             self._unreadable(f, IngestError(f"probe returned kind {kind!r}"))
@@ -408,7 +457,7 @@ class FolderWatcher:
             self._unreadable(f, IngestError(f"holds {n_volumes} volumes (a whole run?); the "
                                             f"watcher expects one volume per file"))
             return
-        if not self._series_ok(f.name, info.series):
+        if not self._series_ok(f.name, info):
             f.state = _DONE
             return
         index = int(info.index)
@@ -421,6 +470,7 @@ class FolderWatcher:
         if kind == "slice":
             self._add_slice(f, info, index)
             return
+        t_read = time.perf_counter()
         try:
             volume = self._reader(target)
         except IncompleteFileError as err:
@@ -429,13 +479,17 @@ class FolderWatcher:
         except Exception as err:
             self._unreadable(f, err)
             return
-        complete = time.perf_counter()
+        finally:
+            self._check_stall(f.name, "reading", t_read)
+        read = time.perf_counter()
         self._restamp(f, path)
         if f.reported:
             logger.info("%s: now complete and readable", f.name)
         f.state = _DONE
+        mtime = f.stamp[1] / 1e9
+        complete = self._complete_time(mtime, f.changed_after, t_read)
         self._deliver(volume, f.name, index, seen=f.first_seen, complete=complete,
-                      mtime=f.stamp[1] / 1e9)
+                      mtime=mtime, read=read, info=info)
 
     def _poke(self, name: str, now: float, candidates: list) -> None:
         """A companion file changed: retry the file it belongs to at once."""
@@ -459,17 +513,41 @@ class FolderWatcher:
             return
         f.stamp = (st.st_size, st.st_mtime_ns)
 
-    def _series_ok(self, name: str, series: Any) -> bool:
-        if not self._series_chosen:
-            self._series, self._series_chosen = series, True
-            logger.info("%s: following the series of this file", name)
+    @staticmethod
+    def _complete_time(mtime: float | None, after: float, read_start: float) -> float:
+        """When the file became complete (perf_counter): its modification time, clamped
+        between the listing before its last change was seen and the start of the read
+        that succeeded (a preserved or skewed mtime cannot make it earlier or later).
+        """
+        if mtime is None:
+            return read_start
+        m = mtime - (time.time() - time.perf_counter())
+        return min(max(m, after), read_start)
+
+    def _check_stall(self, name: str, what: str, t0: float) -> None:
+        took = time.perf_counter() - t0
+        if took > self.stall_threshold:
+            text = f"{name}: ingest stalled {took:.1f} s {what} this file"
+            logger.warning("watcher: %s", text)
+            self._handoff.notice("stall", text, seconds=round(took, 3), file=name)
+
+    def _report_leftovers(self, names: list[str]) -> None:
+        shown = ", ".join(names[:20]) + (f", ... ({len(names) - 20} more)"
+                                         if len(names) > 20 else "")
+        text = (f"{len(names)} file(s) already in {self.directory} at start ignored (an "
+                f"earlier series; --accept-existing or --series to use them): {shown}")
+        logger.warning("watcher: %s", text)
+        self._handoff.notice("ignored_at_start", text, files=names)
+
+    def _series_ok(self, name: str, info: Any) -> bool:
+        problem = self._lock.check(info)
+        if problem is None:
             return True
-        if series != self._series:
-            logger.warning("%s: ignored: belongs to another series than the one followed",
-                           name)
-            self._handoff.count("other_series")
-            return False
-        return True
+        text = f"{name}: ignored: {problem}"
+        logger.warning(text)
+        self._handoff.count("other_series")
+        self._handoff.notice("rejected", text, file=name, field=self._lock.field_)
+        return False
 
     def _duplicate(self, name: str, index: int) -> None:
         logger.warning("%s: ignored: duplicate of volume %d, already received", name, index)
@@ -502,7 +580,7 @@ class FolderWatcher:
             self._handoff.count("unreadable")
 
     def _deliver(self, volume: Any, name: str, index: int, *, seen: float, complete: float,
-                 mtime: float | None) -> None:
+                 mtime: float | None, read: float | None = None, info: Any = None) -> None:
         if not isinstance(volume, Volume):
             logger.warning("%s: reader returned %s, not a Volume; ignored", name,
                            type(volume).__name__)
@@ -511,17 +589,26 @@ class FolderWatcher:
         if volume.index != index:
             logger.warning("%s: probe said volume %d, reader said %d; using %d", name, index,
                            volume.index, volume.index)
-        status = self._handoff.submit(volume, seen=seen, complete=complete, mtime=mtime)
-        if status == DUPLICATE:
-            self._duplicate(name, volume.index)
-        elif status == OUT_OF_RANGE:
-            logger.warning("%s: ignored: volume %d is more than max_ahead=%d beyond the next "
-                           "expected volume %s (wrong index, or pass first_index)", name,
-                           volume.index, self._handoff.orderer.max_ahead,
-                           self._handoff.orderer.next_index)
-            self._handoff.count("out_of_range")
-        elif status == LATE:
-            pass  # logged when delivered
+        status = self._handoff.submit(volume, seen=seen, complete=complete, mtime=mtime,
+                                      read=read)
+        if status in (ACCEPTED, LATE):
+            if self._lock.accept(info if info is not None else volume):
+                logger.info("%s: following the series of this file", name)
+                if self._series is None:
+                    self._series = getattr(info, "series", None) or volume.series
+            return
+        message = refusal_message(status, self._handoff.orderer, volume.index,
+                                  time.perf_counter())
+        if message is None:
+            return
+        logger.warning("%s: %s", name, message)
+        if status == "duplicate":
+            self._handoff.count("duplicates")
+            return
+        self._handoff.count("out_of_range")
+        if status == IMPLAUSIBLE:
+            self._handoff.notice("implausible", f"{name}: {message}", file=name,
+                                 index=volume.index)
 
     # -- slices ------------------------------------------------------------------------------
     def _add_slice(self, f: _File, info: Any, index: int) -> None:
@@ -548,6 +635,8 @@ class FolderWatcher:
             return
         group.parts[part] = f.name
         group.first_seen = min(group.first_seen, f.first_seen)
+        group.changed_after = max(group.changed_after, f.changed_after)
+        group.info = info
         group.changed_at = time.perf_counter()
         group.retry = True
         f.state = _GROUPED
@@ -579,6 +668,7 @@ class FolderWatcher:
             group.last_try = now
             names = [group.parts[p] for p in sorted(group.parts)]
             first = names[0]
+            t_read = time.perf_counter()
             try:
                 volume = self._slice_reader([os.path.join(self.directory, n) for n in names])
             except IncompleteFileError as err:
@@ -600,15 +690,18 @@ class FolderWatcher:
                                "change", group.index, first, kind, type(err).__name__, err)
                 self._handoff.count("unreadable")
                 continue
-            complete = time.perf_counter()
+            read = time.perf_counter()
+            self._check_stall(first, "reading the slices of", t_read)
             for n in names:
                 if n in self._files:
                     self._restamp(self._files[n], os.path.join(self.directory, n))
             mtime = max((self._files[n].stamp[1] for n in names if n in self._files),
                         default=None)
+            mtime = None if mtime is None else mtime / 1e9
+            complete = self._complete_time(mtime, group.changed_after, t_read)
             self._finish_group(key)
             self._deliver(volume, first, group.index, seen=group.first_seen,
-                          complete=complete, mtime=None if mtime is None else mtime / 1e9)
+                          complete=complete, mtime=mtime, read=read, info=group.info)
 
     def _finish_group(self, key: tuple, duplicate: bool = False) -> None:
         group = self._groups.pop(key)

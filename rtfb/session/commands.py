@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
+import atexit
 import logging
+import os
+import shutil
 import signal
 import tempfile
 import threading
@@ -52,7 +54,14 @@ def add_run_parser(sub) -> None:
                    help="--simulate: grid of the synthetic subject")
     p.add_argument("--zmq", metavar="ADDRESS", help="override the protocol's ZeroMQ address")
     p.add_argument("--idle-timeout", type=float, default=None,
-                   help="stop when no volume arrives for this many seconds")
+                   help="stop when no volume was accepted for this many seconds (counted "
+                        "from the last accepted volume, or the start)")
+    p.add_argument("--series", metavar="NUMBER|UID",
+                   help="--watch: follow this series (SeriesNumber or SeriesInstanceUID), "
+                        "including its files already in the folder")
+    p.add_argument("--accept-existing", action="store_true",
+                   help="--watch: use the files already in the folder at start (by default "
+                        "they are an earlier series' leftovers: listed once and ignored)")
     p.add_argument("--quiet", action="store_true", help="no live terminal view")
     p.add_argument("--dashboard", nargs="?", type=int, const=8765, default=None, metavar="PORT",
                    help="serve the operator dashboard on http://127.0.0.1:PORT/ (default "
@@ -95,7 +104,34 @@ def _status_table(status: SessionStatus, n_expected: int) -> Table:
     return table
 
 
-def _simulated_source(protocol, tmp: Path, speed: float, shape, stop: threading.Event):
+_SIM_PREFIX = "rtfb-simulate-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_dead_simulations() -> None:
+    """Remove the simulator folders of ``rtfb run --simulate`` processes that died (kill -9
+    leaves no chance to clean up): each holds ``owner.pid``.
+    """
+    for folder in Path(tempfile.gettempdir()).glob(_SIM_PREFIX + "*"):
+        try:
+            pid = int((folder / "owner.pid").read_text())
+        except (OSError, ValueError):
+            continue
+        if pid != os.getpid() and not _pid_alive(pid):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _simulated_source(protocol, tmp: Path, speed: float, shape, stop: threading.Event,
+                      first_index: int = 0):
     from simulator import make_subject, stream, write_subject
 
     from ..ingest import FolderWatcher
@@ -108,8 +144,10 @@ def _simulated_source(protocol, tmp: Path, speed: float, shape, stop: threading.
     player = threading.Thread(
         target=stream, args=(tmp / "subject", export),
         kwargs=dict(speed=speed, manifest=tmp / "manifest.json", stop_event=stop,
-                    log=lambda _msg: None), daemon=True)
-    watcher = FolderWatcher(export, gap_timeout=max(0.5, 3 * protocol.session.tr / speed))
+                    log=lambda _msg: None,
+                    first_volume=min(first_index + 1, protocol.session.volumes)), daemon=True)
+    watcher = FolderWatcher(export, gap_timeout=max(0.5, 3 * protocol.session.tr / speed),
+                            first_index=first_index, tr=protocol.session.tr / speed)
     return watcher, player, tmp / "subject"
 
 
@@ -124,16 +162,24 @@ def run_command(args: argparse.Namespace) -> int:
     resume_dir = Path(args.resume) if args.resume else None
     first_index = 0
     if resume_dir is not None:
-        record = load_record(resume_dir)
+        try:
+            record = load_record(resume_dir)
+            protocol = load_recorded_protocol(resume_dir)
+        except (FileNotFoundError, ValueError) as err:
+            console.print(f"rtfb run: cannot resume {resume_dir}: {err}")
+            return 2
         done = [v["index"] for v in record.volumes]
         done += [e["index"] for e in record.inputs if not e.get("late")]
         first_index = max(done) + 1 if done else 0
-        info = json.loads((resume_dir / "session.json").read_text())
-        protocol = load_recorded_protocol(resume_dir)
-        source_info = info.get("source", {})
+        source_info = record.session.get("source", {})
         if not (args.watch or args.tcp or args.simulate):
-            args.watch = source_info.get("directory")
-            args.tcp = source_info.get("port")
+            if source_info.get("kind") == "simulate":  # a new simulator, never the dead one's
+                args.simulate = True
+                args.speed = source_info.get("speed", args.speed)
+                args.shape = source_info.get("shape", args.shape)
+            else:
+                args.watch = source_info.get("directory")
+                args.tcp = source_info.get("port")
     elif args.protocol is None:
         args.command_parser.error("give a PROTOCOL file (or --resume SESSION_DIR)")
     else:
@@ -153,17 +199,24 @@ def run_command(args: argparse.Namespace) -> int:
     display = None
     player = None
     if args.simulate:
-        tmp = Path(tempfile.mkdtemp(prefix="rtfb-simulate-"))
+        _remove_dead_simulations()
+        tmp = Path(tempfile.mkdtemp(prefix=_SIM_PREFIX))
+        (tmp / "owner.pid").write_text(str(os.getpid()))
+        atexit.register(shutil.rmtree, tmp, ignore_errors=True)  # ~130 MB: never left behind
         console.print(f"simulating a subject in {tmp} (TR {protocol.session.tr} s played at "
-                      f"{args.speed}x)")
+                      f"{args.speed}x; removed at the end)")
         source, player, simulator_dir = _simulated_source(protocol, tmp, args.speed, args.shape,
-                                                          stop)
-        source_info = {"kind": "simulate", "directory": str(tmp / "export")}
+                                                          stop, first_index)
+        source_info = {"kind": "simulate", "speed": args.speed, "shape": list(args.shape),
+                       "seed": 0}
     elif args.watch:
-        source = SeriesFolderWatcher(args.watch, first_index=first_index)
+        source = SeriesFolderWatcher(args.watch, first_index=first_index, series=args.series,
+                                     accept_existing=args.accept_existing
+                                     or resume_dir is not None,
+                                     tr=protocol.session.tr)
         source_info = {"kind": "watch", "directory": str(Path(args.watch).resolve())}
     elif args.tcp is not None:
-        source = TCPReceiver(port=args.tcp, first_index=first_index)
+        source = TCPReceiver(port=args.tcp, first_index=first_index, tr=protocol.session.tr)
         source_info = {"kind": "tcp", "port": args.tcp}
     else:
         args.command_parser.error("choose a source: --watch DIR, --tcp PORT or --simulate")
@@ -225,13 +278,18 @@ def run_command(args: argparse.Namespace) -> int:
                 display.stop()
             if dashboard is not None:
                 dashboard.stop()
-    session.close()
+    try:
+        session.close()
+    except OSError:
+        pass
     if "error" in holder:
         console.print(f"[red]session failed:[/red] {holder['error']}")
         return 1
     s = session.status
     console.print(f"session folder: {holder['dir']}")
-    console.print(f"{s.processed} volumes processed, {s.missing} missing, {s.late} late")
+    console.print(f"session {session.end_reason}: {s.processed} volumes processed, "
+                  f"{s.missing} missing, {s.late} late, {s.rejected} rejected, {s.stale} "
+                  f"stale, {s.warnings} warnings")
     if display is not None:
         console.print(f"headless display received {len(display.messages)} messages")
     return 0

@@ -2,10 +2,10 @@
 
 Every line is written with one ``write`` followed by ``flush``, so that a crash of the
 process (even ``kill -9``) loses nothing already handed to the recorder, and the session
-calls :meth:`SessionRecorder.sync` (``os.fsync`` of every file) once per volume, after the
-feedback message is published, so that a machine crash loses at most the volume in flight
-while the fsync stays out of the feedback latency; a reader ignores a final line without
-its newline. The raw voxel data of every received volume go to
+calls :meth:`SessionRecorder.request_sync` once per volume, when its feedback message is
+sent: a background thread then fsyncs every file, so that a machine crash loses at most
+the volumes in flight while the fsync stays off the processing and publishing threads; a
+reader ignores a final line without its newline. The raw voxel data of every received volume go to
 ``inputs.bin`` before the volume is processed, so a session can always be replayed or
 resumed from its record alone.
 """
@@ -111,6 +111,10 @@ class SessionRecorder:
         self._events = _AppendFile(self.directory / "events.jsonl")
         self._messages = _AppendFile(self.directory / "messages.jsonl")
         self._messages_lock = threading.Lock()  # written by the publisher's thread
+        self._volumes_lock = threading.Lock()  # idem (lines of sent feedback)
+        self._sync_wanted = threading.Event()
+        self._sync_stop = False
+        self._syncer: threading.Thread | None = None
 
     def _check_bin_consistency(self) -> int:
         """Size of inputs.bin covered by inputs.jsonl (bytes after it came from a crash)."""
@@ -143,8 +147,13 @@ class SessionRecorder:
             os.fsync(fh.fileno())
         os.replace(tmp, self.directory / "session.json")
 
-    def write_input(self, volume: Volume, time_received: float, late: bool = False) -> dict:
-        """Append a received volume's data and its index line; returns the entry."""
+    def write_input(self, volume: Volume, time_received: float, late: bool = False,
+                    rejected: str | None = None) -> dict:
+        """Append a received volume's data and its index line; returns the entry.
+
+        ``rejected``: why the volume was not used (bad reference candidate, geometry
+        that differs from the reference), recorded with it.
+        """
         raw = np.ascontiguousarray(volume.data, dtype=np.float32).tobytes()
         entry = {
             "index": volume.index, "source": volume.source,
@@ -154,14 +163,19 @@ class SessionRecorder:
             "acquisition_time": volume.acquisition_time, "tr": volume.tr,
             "time_received": time_received, "late": late,
         }
+        if rejected is not None:
+            entry["rejected"] = rejected
         self._inputs_bin.write(raw)
         self._bin_size += len(raw)
         self._inputs.write(dumps(entry) + "\n")
         return entry
 
     def write_volume(self, entry: dict) -> None:
-        """Append one processed volume's line."""
-        self._volumes.write(dumps(entry) + "\n")
+        """Append one processed volume's line (thread-safe: the publisher's thread writes
+        the lines of the volumes it sent).
+        """
+        with self._volumes_lock:
+            self._volumes.write(dumps(entry) + "\n")
 
     def write_event(self, kind: str, message: str, index: int | None = None, **extra) -> None:
         """Append a session event (start, block, missing, late, warning, error, resume, end)."""
@@ -177,17 +191,48 @@ class SessionRecorder:
 
     def sync(self) -> None:
         """Call os.fsync on every file (once per volume, after publishing)."""
-        for f in (self._inputs_bin, self._inputs, self._volumes, self._events):
+        for f in (self._inputs_bin, self._inputs, self._events):
             f.sync()
+        with self._volumes_lock:
+            self._volumes.sync()
         with self._messages_lock:
             self._messages.sync()
 
+    def request_sync(self) -> None:
+        """Ask a background thread to fsync every file soon (never blocks the caller:
+        keeps the fsync off the latency path of the processing and publishing threads).
+        """
+        if self._syncer is None:
+            self._syncer = threading.Thread(target=self._sync_loop, name="rtfb-record-sync",
+                                            daemon=True)
+            self._syncer.start()
+        self._sync_wanted.set()
+
+    def _sync_loop(self) -> None:
+        while not self._sync_stop:
+            self._sync_wanted.wait(0.5)
+            if self._sync_wanted.is_set():
+                self._sync_wanted.clear()
+                try:
+                    self.sync()
+                except (OSError, ValueError):  # closed meanwhile, or disk trouble
+                    pass
+
     def close(self, messages: bool = True) -> None:
-        """Close the files (``messages=False`` keeps messages.jsonl open for the publisher)."""
-        for f in (self._inputs_bin, self._inputs, self._volumes, self._events):
+        """Close the files (``messages=False`` keeps messages.jsonl and volumes.jsonl open
+        for the publisher's thread, see :meth:`close_volumes`).
+        """
+        for f in (self._inputs_bin, self._inputs, self._events):
             f.close()
         if messages:
+            self.close_volumes()
             self.close_messages()
+
+    def close_volumes(self) -> None:
+        """Close volumes.jsonl (after the publisher has sent everything)."""
+        self._sync_stop = True
+        with self._volumes_lock:
+            self._volumes.close()
 
     def close_messages(self) -> None:
         """Close messages.jsonl (after the publisher has sent everything)."""

@@ -397,7 +397,7 @@ def _plot_latency(latency: np.ndarray, median: float, p95: float) -> str:
     ax.hist(latency, bins=bins, color="C0", alpha=0.8)
     ax.axvline(median, color="k", lw=1.5, label=f"median {median:.1f} ms")
     ax.axvline(p95, color="C3", ls="--", lw=1.5, label=f"p95 {p95:.1f} ms")
-    ax.set_xlabel("latency received → published (ms)")
+    ax.set_xlabel("latency file complete → published (ms)")
     ax.set_ylabel("volumes")
     ax.legend(fontsize=8, loc="best")
     ax.grid(alpha=0.3)
@@ -605,7 +605,7 @@ def build_report_html(record: SessionRecord, *, fd_threshold: float | None = Non
     if latency.size:
         body = [_img(_plot_latency(latency, stats["latency_median"], stats["latency_p95"]),
                      "latency histogram"),
-                _note(f"{latency.size} volumes, file received → message published.")]
+                _note(f"{latency.size} volumes, file complete → message published.")]
     else:
         body = [_note("No latency recorded.")]
     sections.append(_section("latency", "Latency", body))

@@ -7,12 +7,21 @@ volume is written to the record *before* it is processed, every processed volume
 so a crash loses nothing and :func:`replay_session` can reproduce the session bit for bit.
 Missing volumes keep the time axis regular: the metrics get the previous cleaned volume
 again (flag ``"missing"``), and the gap is reported.
+
+Live-loop rules (``docs/session_record.md``): the first volume fit to be the reference
+(:func:`~rtfb.session.reference.reference_problem`) fixes the geometry and TR
+(:class:`~rtfb.ingest.series_lock.GeometryLock`); a bad candidate is recorded, reported and
+skipped, a later volume that disagrees is rejected naming the field. Every volume carries
+its acquisition time stamps (:mod:`rtfb.session.timing`); a feedback value older than
+``feedback.max_delay`` when published is flagged ``stale`` and not shown.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
+import os
 import queue
 import threading
 import time
@@ -29,6 +38,7 @@ from ..dashboard.commands import CommandQueue
 from ..feedback.mapping import FeedbackMapper
 from ..feedback.messages import FLAGS, SCHEMA_VERSION
 from ..ingest import Late, Missing, Volume
+from ..ingest.series_lock import GeometryLock
 from ..metrics.qa import RunningQA
 from ..preprocess.pipeline import Preprocessor
 from .blocks import BlockSchedule
@@ -36,7 +46,9 @@ from .metric_engine import MetricEngine
 from .operator import apply_commands
 from .record import SessionRecorder
 from .record_reader import load_record
+from .reference import reference_problem
 from .rois import resolve_rois
+from .timing import is_fresh, latency_origin, source_times
 
 logger = logging.getLogger("rtfb.session")
 
@@ -53,6 +65,10 @@ class SessionStatus:
     processed: int = 0
     missing: int = 0
     late: int = 0
+    rejected: int = 0
+    stale: int = 0
+    warnings: int = 0
+    catching_up: bool = False
     flags: tuple = ()
     done: bool = False
     messages: list = field(default_factory=list)
@@ -61,6 +77,18 @@ class SessionStatus:
 class _NoPublisher:
     def publish(self, topic, message):
         pass
+
+
+class RecordWriteError(OSError):
+    """The session record could not be written (disk full, ...): the session stops."""
+
+
+def default_kernel_threads() -> int:
+    """Numba threads for the processing thread: 1 on 2 cores or fewer (the other core
+    serves acquisition and publishing), else all cores but one, at most 4.
+    """
+    cores = os.cpu_count() or 1
+    return 1 if cores <= 2 else min(cores - 1, 4)
 
 
 def session_dir_name(protocol_name: str, participant: str = "anon") -> str:
@@ -87,10 +115,11 @@ class Session:
     rois_from : path | None
         Session folder whose recorded brain mask and ROIs (``rois/``) are used instead of
         resolving the protocol's ROIs again (replay; resume uses its own folder).
-    kernel_threads : int
-        Threads of the numba kernels in the processing thread. The default 1 leaves the
-        second core of a 2-core machine to the acquisition and publishing threads, which
-        gives lower latency than parallel kernels competing with them.
+    kernel_threads : int | None
+        Threads of the numba kernels in the processing thread; None:
+        :func:`default_kernel_threads` (1 on a 2-core machine, which leaves the second core
+        to the acquisition and publishing threads: lower latency than parallel kernels
+        competing with them, see docs/benchmarks.md).
     resume : bool
         Continue an existing record: its volumes are re-processed silently to rebuild the
         state, then acquisition continues after the last recorded volume.
@@ -100,7 +129,7 @@ class Session:
 
     def __init__(self, protocol, out_dir, *, publisher=None, source_info=None,
                  simulator_dir=None, resume: bool = False, rois_from=None,
-                 kernel_threads: int = 1,
+                 kernel_threads: int | None = None,
                  on_status: Callable[[SessionStatus], None] | None = None):
         self.protocol = protocol
         self.out_dir = Path(out_dir)
@@ -109,8 +138,17 @@ class Session:
         self.simulator_dir = simulator_dir
         self.resume = resume
         self.rois_from = Path(rois_from) if rois_from else (self.out_dir if resume else None)
-        self.kernel_threads = kernel_threads
+        self.kernel_threads = (default_kernel_threads() if kernel_threads is None
+                               else kernel_threads)
         self.on_status = on_status
+        fb = protocol.feedback
+        self.max_delay = (fb.max_delay if fb is not None and getattr(fb, "max_delay", None)
+                          else protocol.session.tr / 2)
+        self._geometry = GeometryLock(tr=protocol.session.tr)
+        self._end_reason: str | None = None
+        self.replay_stale: set[int] | None = None
+        self._pending_entries: dict[int, dict] = {}  # volume lines waiting for their send
+        self._entry_lock = threading.Lock()
         self.status = SessionStatus()
         self.schedule = BlockSchedule(protocol.blocks)
         self._silent = False
@@ -155,15 +193,19 @@ class Session:
         if self.resume:
             self.record_in = load_record(self.out_dir)
             self.session_id = self.record_in.session_id
+            self._started = self.record_in.session.get("started")
         else:
             if self.out_dir.exists() and any(self.out_dir.iterdir()):
                 raise FileExistsError(f"Session folder {self.out_dir} is not empty; use "
                                       "--resume to continue it or choose another --out.")
             self.session_id = uuid.uuid4().hex[:12]
         self.recorder = SessionRecorder(self.out_dir)
+        if not self.resume:  # before any volume: a kill at any moment leaves a resumable record
+            self.recorder.write_session(self._session_info(None), self.protocol.path)
 
     def _setup(self, reference: Volume) -> None:
         p = self.protocol
+        self._geometry.fix(reference)
         pp = p.preprocess
         recorded = self._recorded_rois()
         self.preprocessor = Preprocessor(
@@ -200,13 +242,16 @@ class Session:
                 self.mapper.set_baseline(0.0)
         self.reference_affine = reference.affine
         self._state_ready = True
-        if not self.resume:
+        if not self.resume or self.record_in.session.get("shape") is None:
             self.recorder.write_session(self._session_info(reference), p.path)
 
     def _recorded_rois(self) -> dict | None:
         if self.rois_from is None:
             return None
         folder = self.rois_from / "rois"
+        if self.resume and self.rois_from == self.out_dir and \
+                not (folder / "brain_mask.nii.gz").exists():
+            return None  # killed before the ROIs were saved: resolve them again
         if not (folder / "brain_mask.nii.gz").exists():
             raise FileNotFoundError(f"{folder / 'brain_mask.nii.gz'} not found: the record has "
                                     "no resolved ROIs to reuse.")
@@ -233,32 +278,73 @@ class Session:
 
         return load_mask(mask, reference.affine, reference.shape, name="brain_mask")
 
-    def _session_info(self, reference: Volume) -> dict:
+    def _session_info(self, reference: Volume | None) -> dict:
         p = self.protocol
+        if not hasattr(self, "_started"):
+            self._started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         return {
             "session_id": self.session_id, "protocol_name": p.session.name,
             "protocol_sha256": p.sha256, "source": self.source_info,
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "shape": list(reference.shape),
-            "affine": reference.affine, "tr": p.session.tr, "n_expected": p.session.volumes,
+            "started": self._started,
+            "shape": None if reference is None else list(reference.shape),
+            "affine": None if reference is None else reference.affine,
+            "reference_index": None if reference is None else reference.index,
+            "max_delay": self.max_delay,
+            "tr": p.session.tr, "n_expected": p.session.volumes,
             "zmq_address": p.output.zmq_address, "schema_version": SCHEMA_VERSION,
             "protocol_dir": str(Path(p.path).parent) if p.path else None,
         }
 
     # ---------------------------------------------------------------- messages
     def record_message(self, topic: str, message: dict) -> None:
-        """``on_sent`` hook of the publisher: records every message as actually sent."""
-        self.recorder.write_message(topic, message)
+        """``on_sent`` hook of the publisher: records every message as actually sent.
 
-    def _publish(self, topic: str, message: dict) -> None:
+        A feedback message's volume line is written here, in the publisher's thread, once
+        the message is out: its ``published`` time is the real send time, and writing and
+        fsyncing the record stays off the processing thread's latency path.
+        """
+        self.recorder.write_message(topic, message)
+        if topic == "feedback":
+            with self._entry_lock:
+                entry = self._pending_entries.pop(message.get("volume_index"), None)
+            if entry is not None:
+                self._write_entry(entry, message.get("time_published"))
+
+    def _write_entry(self, entry: dict, published: float | None) -> None:
+        """Write one volume line (``published``: the send time, if known)."""
+        times = entry["times"]
+        if published is not None:
+            times["published"] = published
+            origin = latency_origin(times)
+            entry["latency_ms"] = None if origin is None else (published - origin) * 1e3
+            self.status.latency_ms = entry["latency_ms"]
+        self.recorder.write_volume(entry)
+        self.recorder.request_sync()
+
+    def _flush_entries(self, older_than: float | None = None) -> None:
+        """Write volume lines whose message was never reported sent (dropped, or the
+        publisher stopped): with the hand-off time as ``published``.
+        """
+        with self._entry_lock:
+            limit = math.inf if older_than is None else time.time() - older_than
+            late = [i for i, e in self._pending_entries.items()
+                    if e["times"]["published"] <= limit]
+            entries = [self._pending_entries.pop(i) for i in sorted(late)]
+        for entry in entries:
+            self._write_entry(entry, None)
+
+    def _publish(self, topic: str, message: dict) -> bool:
+        """Hand a message to the publisher; False if it was not queued for sending."""
         if self._silent:
-            return
+            return False
         message["time_published"] = time.time()
         try:
-            self.publisher.publish(topic, message)
+            return self.publisher.publish(topic, message) is not False
         except RuntimeError as err:  # publisher down: the session and its record go on
             if not getattr(self, "_publisher_down", False):
                 self._publisher_down = True
                 self._event("error", f"feedback publisher unavailable: {err}")
+            return False
 
     def _base_message(self, kind: str, index, acquisition_time, received) -> dict:
         return {"schema_version": SCHEMA_VERSION, "type": kind, "session_id": self.session_id,
@@ -299,6 +385,11 @@ class Session:
             if self._baseline_values:
                 self.mapper.set_baseline(float(np.mean(self._baseline_values)))
 
+    @property
+    def end_reason(self) -> str | None:
+        """Why :meth:`run` ended ("finished", "stopped by the operator", "stopped: ...")."""
+        return self._end_reason
+
     def mapper_has_baseline(self) -> bool:
         """True once the feedback baseline is known."""
         return getattr(self.mapper, "baseline_", None) is not None
@@ -319,9 +410,13 @@ class Session:
             nib.save(img, self.out_dir / "maps" /
                      f"{name}-{kind}_{block.condition}_vol-{index:05d}.nii.gz")
 
-    def _process(self, volume: Volume | None, index: int, received: float,
-                 acquisition_time=None, missing_reason: str | None = None) -> None:
-        """Process one volume index (``volume=None``: missing, impute the last vector)."""
+    def _process(self, volume: Volume | None, index: int, times: dict | None = None,
+                 acquisition_time=None, missing_reason: str | None = None,
+                 rejected: str | None = None) -> None:
+        """Process one volume index (``volume=None``: missing or rejected, impute the last
+        vector); ``times`` holds the acquisition stamps (:mod:`rtfb.session.timing`).
+        """
+        times = dict(times or {})
         block = self.schedule.block_at(index)
         if block.index != getattr(self, "_block_index", None):
             if getattr(self, "_block_index", None) is not None:
@@ -331,7 +426,9 @@ class Session:
         flags = []
         motion, fd, censored = None, None, False
         vec, qa = None, None
-        if volume is not None:
+        if rejected is not None:
+            flags.append("rejected")
+        elif volume is not None:
             try:
                 result = self.preprocessor.transform(volume)
                 vec, motion, fd, censored = result.data, result.motion, result.fd, \
@@ -341,6 +438,8 @@ class Session:
             except ValueError as err:
                 self._event("error", f"volume {index} rejected: {err}", index)
                 flags.append("rejected")
+        if "rejected" in flags:
+            self.status.rejected += 1
         if vec is None:
             flags.append("missing")
             vec = self._last_vec
@@ -371,107 +470,204 @@ class Session:
         if "motion" in flags:
             state = "motion"
         processed = time.time()
-        msg = self._base_message("feedback", index, acquisition_time, received)
+        times["processed"] = processed
+        if self.replay_stale is not None:  # replay: as in the original session
+            stale = index in self.replay_stale
+        else:
+            stale = not self._silent and not is_fresh(times, processed, self.max_delay)
+        if stale:  # too late to be shown as the participant's current state
+            flags.append("stale")
+            shown = None
+        msg = self._base_message("feedback", index, acquisition_time,
+                                 times.get("dequeued"))
         msg.update(value=shown, raw=values, block=block.as_dict(), fd=fd,
                    flags=[f for f in flags if f in FLAGS],
                    target=None if self.protocol.feedback is None
                    else self.protocol.feedback.target,
                    display={"show_bar": show, "state": state}, qa=qa,
                    baseline=getattr(self.mapper, "baseline_", None))
-        self._publish("feedback", msg)
-        published = msg["time_published"] if msg["time_published"] is not None else processed
+        published = time.time()
+        times["published"] = published
+        origin = latency_origin(times)
+        latency = None if self._silent or origin is None else (published - origin) * 1e3
         entry = {"index": index, "block": block.as_dict(), "motion": motion, "fd": fd,
                  "censored": censored, "metrics": values, "feedback": shown,
-                 "feedback_value": value, "flags": flags, "qa": qa,
-                 "times": {"received": received, "processed": processed,
-                           "published": published},
-                 "latency_ms": (published - received) * 1e3}
+                 "feedback_value": value, "flags": flags, "qa": qa, "times": times,
+                 "latency_ms": latency}
         if missing_reason:
             entry["missing_reason"] = missing_reason
+        if rejected:
+            entry["rejected_reason"] = rejected
         if not self._silent:
-            self.recorder.write_volume(entry)
-            self.recorder.sync()
+            self._flush_entries(older_than=5.0)
+            deferred = not isinstance(self.publisher, _NoPublisher)
+            if deferred:  # written by record_message once sent (real send time)
+                with self._entry_lock:
+                    self._pending_entries[index] = entry
+            if not self._publish("feedback", msg) and deferred:
+                with self._entry_lock:
+                    self._pending_entries.pop(index, None)
+                self._write_entry(entry, None)
+            elif not deferred:
+                self._write_entry(entry, None)
         self._write_maps(index, block)
         self._processed.add(index)
         s = self.status
-        s.index, s.block, s.value, s.fd = index, block.condition, value, fd
-        s.latency_ms, s.flags = entry["latency_ms"], tuple(flags)
+        s.index, s.block, s.fd = index, block.condition, fd
+        if not stale:
+            s.value = value
+        s.stale += stale
+        s.catching_up = stale
+        s.latency_ms, s.flags = latency, tuple(flags)
         s.processed += 1
         if self.on_status is not None and not self._silent:
             self.on_status(s)
 
     def close(self) -> None:
-        """Close the record's message log once the publisher has stopped."""
+        """Once the publisher has stopped: write the volume lines whose message was never
+        reported sent, and close the record.
+        """
+        self._flush_entries()
+        self.recorder.close_volumes()
         self.recorder.close_messages()
 
-    def _event(self, kind: str, message: str, index=None) -> None:
+    def _event(self, kind: str, message: str, index=None, **extra) -> None:
         log = logger.warning if kind in ("warning", "error", "missing", "late") else logger.info
         log(message)
+        if kind == "warning":
+            self.status.warnings += 1
         if not self._silent:
-            self.recorder.write_event(kind, message, index)
+            self.recorder.write_event(kind, message, index, **extra)
 
-    def handle(self, item) -> None:
-        """Handle one item from an acquisition source (Volume, Missing or Late)."""
-        now = time.time()
+    def _record_notices(self, source) -> None:
+        """Events of the acquisition thread (ignored files, implausible indices, queue
+        full, stalls) go to the record as warnings, with their ``code``.
+        """
+        drain = getattr(source, "drain_notices", None)
+        if drain is None:
+            return
+        for notice in drain():
+            notice = dict(notice)
+            code = notice.pop("kind")
+            message = notice.pop("message")
+            index = notice.pop("index", None)
+            notice.pop("time", None)
+            self._event("warning", message, index, code=code, **notice)
+
+    def handle(self, item, source=None, dequeued: float | None = None) -> bool:
+        """Handle one item from an acquisition source (Volume, Missing or Late).
+
+        Returns
+        -------
+        bool
+            True when a volume was accepted (processed, or recorded as late).
+        """
+        now = time.time() if dequeued is None else dequeued
         if isinstance(item, Missing):
             self.status.missing += 1
             self._event("missing", f"volume {item.index} missing: {item.reason}", item.index)
             if self._state_ready:
-                self._process(None, item.index, now, missing_reason=item.reason)
-            return
+                self._process(None, item.index, {"dequeued": now},
+                              missing_reason=item.reason)
+            return False
         if isinstance(item, Late):
             vol = item.volume
             self.status.late += 1
             self.recorder.write_input(vol, now, late=True)
             self._event("late", f"volume {vol.index} arrived after it was reported missing; "
                         "recorded, not processed", vol.index)
-            return
+            return True
         if not isinstance(item, Volume):
             raise TypeError(f"unexpected item from the acquisition source: {item!r}")
         if item.index in self._received:
             self._event("warning", f"volume {item.index} received twice; ignored", item.index)
-            return
-        self._received.add(item.index)
-        self.recorder.write_input(item, now)
+            return False
+        times = source_times(source, item.index, now)
+        name = item.source or "tcp"
         if not self._state_ready:
-            self._setup(item)
+            problem = reference_problem(item, self.protocol) or self._geometry.check(item)
+            self.recorder.write_input(item, now, rejected=problem)
+            if problem is not None:
+                self._event("error", f"volume {item.index} ({name}) cannot be the reference: "
+                            f"{problem}; the next good volume will be", item.index,
+                            code="bad_reference", file=name)
+                return False
+            try:
+                self._setup(item)
+            except ValueError as err:
+                self._event("error", f"volume {item.index} ({name}) cannot be the reference: "
+                            f"{err}; the next good volume will be", item.index,
+                            code="bad_reference", file=name)
+                return False
+            self._received.add(item.index)
             self._event("start", f"session {self.session_id} started at volume {item.index}")
             self._status("start", f"session {self.session_id} started", item.index,
                          self.schedule.block_at(item.index))
-        self._process(item, item.index, now, acquisition_time=item.acquisition_time)
+            self._process(item, item.index, times, acquisition_time=item.acquisition_time)
+            return True
+        self._received.add(item.index)
+        problem = self._geometry.check(item)
+        self.recorder.write_input(item, now, rejected=problem)
+        if problem is not None:
+            field_name = problem.split(":", 1)[0]
+            self._event("error", f"volume {item.index} ({name}) rejected: {field_name} "
+                        f"differs from the reference ({problem})", item.index,
+                        code="rejected", file=name, field=field_name)
+            self._process(None, item.index, times, acquisition_time=item.acquisition_time,
+                          rejected=problem)
+            return False
+        self._process(item, item.index, times, acquisition_time=item.acquisition_time)
+        return True
 
     # --------------------------------------------------------------- run loop
     def _rebuild_from_record(self) -> int:
         """Re-process the recorded volumes silently (resume); returns the next index."""
         rec = self.record_in
-        by_index = {e["index"]: i for i, e in enumerate(rec.inputs) if not e.get("late")}
         done = {v["index"] for v in rec.volumes}
+        # inputs that were processed, or received and not processed yet; not the late
+        # ones, nor the rejected reference candidates (never processed)
+        by_index = {e["index"]: i for i, e in enumerate(rec.inputs)
+                    if not e.get("late") and not (e.get("rejected") and e["index"] not in done)}
         self._silent = True
         try:
             for entry in rec.volumes:
                 idx = entry["index"]
                 if idx in by_index:
                     self._received.add(idx)
-                if "missing" in entry["flags"] and idx not in by_index:
+                if idx not in by_index or rec.inputs[by_index[idx]].get("rejected"):
                     if self._state_ready:
-                        self._process(None, idx, 0.0)
+                        reason = (rec.inputs[by_index[idx]]["rejected"] if idx in by_index
+                                  else None)
+                        self._process(None, idx, None, rejected=reason)
                     continue
                 vol = self._recorded_volume(by_index[idx])
                 if not self._state_ready:
                     self._setup(vol)
-                self._process(vol, idx, 0.0)
+                self._process(vol, idx, None)
         finally:
             self._silent = False
         # inputs received but not processed before the crash: process them now
         for idx, pos in sorted(by_index.items()):
             if idx not in done:
-                self._received.add(idx)
                 vol = self._recorded_volume(pos)
-                if not self._state_ready:
-                    self._setup(vol)
-                self._process(vol, idx, time.time())
-        last = max([v["index"] for v in rec.volumes] + list(by_index) + [-1])
-        return last + 1
+                self.handle_recorded(vol)
+        indices = [v["index"] for v in rec.volumes] + [e["index"] for e in rec.inputs]
+        return max(indices + [-1]) + 1
+
+    def handle_recorded(self, vol: Volume) -> None:
+        """Process a volume recorded before a crash but never processed (resume)."""
+        now = time.time()
+        if not self._state_ready:
+            if reference_problem(vol, self.protocol) is not None:
+                return
+            try:
+                self._setup(vol)
+            except ValueError:  # reported when it was received
+                return
+        self._received.add(vol.index)
+        problem = self._geometry.check(vol)
+        self._process(None if problem else vol, vol.index, {"dequeued": now},
+                      acquisition_time=vol.acquisition_time, rejected=problem)
 
     def _recorded_volume(self, pos: int) -> Volume:
         e = self.record_in.inputs[pos]
@@ -490,7 +686,9 @@ class Session:
         stop_event : threading.Event | None
             Set it to stop cleanly after the current volume (Ctrl-C).
         idle_timeout : float | None
-            Stop when no item arrived for this many seconds after the first volume.
+            Stop when no volume was accepted for this many seconds, counted from the last
+            accepted volume or the start of :meth:`run` (files that are refused, unreadable
+            or rejected do not count).
 
         Returns
         -------
@@ -499,39 +697,74 @@ class Session:
         """
         numba.set_num_threads(max(1, min(int(self.kernel_threads),
                                          numba.config.NUMBA_NUM_THREADS)))
-        if self.resume:
-            next_index = self._rebuild_from_record()
-            self._event("resume", f"session resumed at volume {next_index}", next_index)
         stop_event = stop_event or threading.Event()
-        last_item = time.monotonic()
         n_expected = self.protocol.session.volumes
+        reason = None
         try:
+            if self.resume:
+                next_index = self._rebuild_from_record()
+                self._event("resume", f"session resumed at volume {next_index}", next_index)
+            last_accept = time.monotonic()
             while not stop_event.is_set():
                 if apply_commands(self, stop_event) and stop_event.is_set():
                     break
                 if self._processed and max(self._processed) >= n_expected - 1:
+                    reason = "finished"
                     break
                 try:
                     item = source.get(timeout=0.1)
                 except queue.Empty:
-                    if (idle_timeout is not None and self._state_ready
-                            and time.monotonic() - last_item > idle_timeout):
-                        self._event("warning", f"no volume for {idle_timeout} s: stopping")
+                    self._record_notices(source)
+                    if (idle_timeout is not None
+                            and time.monotonic() - last_accept > idle_timeout):
+                        reason = f"stopped: no volume accepted for {idle_timeout:g} s"
+                        self._event("warning", f"no volume accepted for {idle_timeout:g} s: "
+                                    "stopping (--idle-timeout)", code="idle_timeout")
                         break
                     if getattr(source, "running", True) is False:
+                        reason = ("finished" if isinstance(source, RecordSource)
+                                  else "stopped: the acquisition source stopped")
                         break
                     continue
-                last_item = time.monotonic()
-                self.handle(item)
+                dequeued = time.time()
+                self._record_notices(source)
+                if self.handle(item, source, dequeued):
+                    last_accept = time.monotonic()
+        except OSError as err:
+            if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                where = err.filename or self.out_dir
+                reason = f"stopped: disk full writing {where}"
+                self._end_reason = reason
+                try:
+                    self._event("error", f"session {reason}")
+                except OSError:
+                    pass
+                raise RecordWriteError(err.errno, f"disk full writing {where}: the session "
+                                       f"stopped after {len(self._processed)} volumes; free "
+                                       f"space, then rtfb run --resume {self.out_dir}") from err
+            reason = f"stopped by an error: {err!r}"
+            self._event("error", f"session {reason}")
+            raise
         except Exception as err:  # record the crash reason, then re-raise
-            self._event("error", f"session stopped by an error: {err!r}")
+            reason = f"stopped by an error: {err!r}"
+            self._event("error", f"session {reason}")
             raise
         finally:
-            reason = "stopped by the operator" if stop_event.is_set() else "finished"
-            self._event("end", f"session {reason}: {len(self._processed)} volumes processed")
-            self._status("end", f"session {reason}")
+            if stop_event.is_set() and reason is None:
+                reason = "stopped by the operator"
+            reason = reason or "stopped"
+            self._end_reason = reason
+            try:
+                self._event("end", f"session {reason}: {len(self._processed)} volumes "
+                            f"processed", code="finished" if reason == "finished" else "stopped")
+                self._status("end", f"session {reason}")
+            except OSError:
+                pass
             self.status.done = True
-            self.recorder.close(messages=isinstance(self.publisher, _NoPublisher))
+            try:
+                self.recorder.close(messages=isinstance(self.publisher, _NoPublisher))
+            except OSError:
+                pass
         return self.out_dir
 
 
@@ -586,4 +819,6 @@ def replay_session(session_dir, out_dir, protocol=None) -> Path:
     source = RecordSource(session_dir)
     session = Session(protocol, out_dir, rois_from=session_dir,
                       source_info={"kind": "replay", "of": str(session_dir)})
+    session.replay_stale = {v["index"] for v in source.record.volumes
+                            if "stale" in v.get("flags", ())}
     return session.run(source)

@@ -123,7 +123,7 @@ def test_block_and_hint_validation():
     with pytest.raises(MessageError, match="display.state"):
         DisplayHint(True, "party")
     assert FLAGS == ("warmup", "baseline", "motion", "censored", "missing", "late",
-                     "signal_lost", "no_feedback", "paused")
+                     "signal_lost", "no_feedback", "paused", "stale")
 
 
 def test_encode_checks_topic_and_accepts_dicts():

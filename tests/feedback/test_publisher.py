@@ -64,20 +64,22 @@ def test_port_zero_exposes_endpoint_and_bind_errors_surface():
 
 
 def test_never_blocks_without_subscriber():
+    # counts and order, no wall-clock bound: every publish() returns True (queued, never
+    # refused), the loop ends (a blocking publish would hang it: the thread join bounds
+    # that generously), and every message is either sent or counted as dropped
     pub = FeedbackPublisher(ANY_PORT, SESSION, linger=0.2).start()
     msgs = [feedback(i, (i % 10) / 10) for i in range(3000)]
-    t0 = time.perf_counter()
-    worst = 0.0
-    for msg in msgs:
-        t = time.perf_counter()
-        assert pub.publish(b"feedback", msg)
-        worst = max(worst, time.perf_counter() - t)
-    elapsed = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    pub.stop()
-    assert not pub.running
-    assert time.perf_counter() - t1 < 2.0
-    assert elapsed < 1.5 and worst < 0.05, (elapsed, worst)
+    results = []
+    loop = threading.Thread(target=lambda: results.extend(pub.publish(b"feedback", m)
+                                                          for m in msgs))
+    loop.start()
+    loop.join(30.0)
+    assert not loop.is_alive(), "publish() blocked without a subscriber"
+    assert results == [True] * 3000
+    stopper = threading.Thread(target=pub.stop)
+    stopper.start()
+    stopper.join(30.0)
+    assert not stopper.is_alive() and not pub.running
     assert pub.stats["published"] == 3000
     assert pub.stats["sent"] + pub.stats["dropped"] == 3000
 

@@ -51,9 +51,9 @@ def test_xa30i_one_run_despite_per_volume_series(tmp_path):
     """Series 8001, 8002, 8003 with three SeriesInstanceUIDs are one run (as dcm2niix)."""
     files = dicom_copies("siemens_xa30i_classic_bold", tmp_path)
     infos = [probe(p) for p in files]
-    assert {i.identity["SeriesNumber"] for i in infos} == {8}
-    assert {i.identity["SeriesInstanceUID"] for i in infos} == {None}
-    assert len({i.identity["StudyInstanceUID"] for i in infos}) == 1
+    assert {i.series_number for i in infos} == {"8"}
+    assert {i.series_uid for i in infos} == {None}
+    assert len({i.study_uid for i in infos}) == 1 and None not in {i.study_uid for i in infos}
 
 
 def test_classic_slice_timing_from_acquisition_times(tmp_path):

@@ -100,15 +100,18 @@ def test_canon_all_equal_frame_times_are_unknown_slice_timing(tmp_path):
 
 
 def test_identity_fields(tmp_path):
+    from rtfb.ingest._files import short_hash
+
     path = dicom_copies("siemens_xa30_enh_asl", tmp_path)[0]
     info = probe(path)
     ds = pydicom.dcmread(path, stop_before_pixels=True)
-    assert info.identity["SeriesNumber"] == int(ds.SeriesNumber) == 25
-    assert info.identity["SeriesInstanceUID"].startswith("uid-")
-    assert str(ds.SeriesInstanceUID) not in str(dict(info.identity))
-    volume = read_volume(path)
-    assert volume.header["SeriesUIDHash"] == info.identity["SeriesInstanceUID"]
-    assert volume.header["StudyUIDHash"] == info.identity["StudyInstanceUID"]
+    assert info.series_number == str(ds.SeriesNumber) == "25"
+    assert info.series_uid == str(ds.SeriesInstanceUID)  # compared in memory by the lock
+    assert info.study_uid == str(ds.StudyInstanceUID)
+    volume = read_volume(path)  # the Volume carries hashes only
+    assert volume.header["SeriesUIDHash"] == short_hash(info.series_uid, "uid-")
+    assert volume.header["StudyUIDHash"] == short_hash(info.study_uid, "uid-")
+    assert str(ds.SeriesInstanceUID) not in repr(dict(volume.header))
 
 
 def test_frames_missing_from_a_volume_refused(tmp_path):

@@ -127,8 +127,10 @@ def test_kill9_then_resume_loses_nothing(tmp_path):
                               kwargs=dict(speed=25.0, manifest=tmp_path / "m.json"))
     cmd = [sys.executable, "-m", "rtfb", "run"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # the scanner may start before rtfb watches: its files are this series'
     first = subprocess.Popen(cmd + [str(protocol_path), "--watch", str(export), "--out",
-                                    str(out), "--quiet", "--idle-timeout", "20"],
+                                    str(out), "--quiet", "--idle-timeout", "20",
+                                    "--accept-existing"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     player.start()
     deadline = time.monotonic() + 60
@@ -169,7 +171,8 @@ def test_ctrl_c_stops_cleanly(tmp_path):
     player = threading.Thread(target=stream, args=(subj, export),
                               kwargs=dict(speed=25.0, manifest=tmp_path / "m.json"))
     proc = subprocess.Popen([sys.executable, "-m", "rtfb", "run", str(protocol_path),
-                             "--watch", str(export), "--out", str(out), "--quiet"],
+                             "--watch", str(export), "--out", str(out), "--quiet",
+                             "--accept-existing"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     player.start()
     deadline = time.monotonic() + 60
