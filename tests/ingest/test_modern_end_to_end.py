@@ -32,12 +32,14 @@ def _canonical(data, affine):
     return np.asarray(img.dataobj), img.affine
 
 
-def _session(tmp_path, source, *, faults=None, idle=6.0):
+def _session(tmp_path, source, *, faults=None, idle=15.0):
     export, out = tmp_path / "export", tmp_path / "sessions"
     export.mkdir()
     protocol = alff_protocol(tmp_path, source.path.parent, volumes=N_VOLUMES, window=8)
     proc = subprocess.Popen(_rtfb() + ["run", str(protocol), "--watch", str(export), "--out",
-                                       str(out), "--quiet", "--idle-timeout", str(idle)],
+                                       str(out), "--quiet", "--idle-timeout", str(idle),
+                                       # the player may write before the watcher starts
+                                       "--accept-existing"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, PYTHONUNBUFFERED="1"))
     player = threading.Thread(target=stream, args=(source, export), kwargs=dict(
@@ -54,9 +56,10 @@ def _session(tmp_path, source, *, faults=None, idle=6.0):
 def test_session_ingests_simulated_modern_dicom(writer, tmp_path):
     subj = subject(tmp_path, volumes=N_VOLUMES, shape=SHAPE)
     source = writer(subj / "bold.nii.gz")
-    session_dir, _, _ = _session(tmp_path, source)
+    session_dir, stdout, stderr = _session(tmp_path, source)
     record = load_record(session_dir)
-    assert sorted(e["index"] for e in record.inputs) == list(range(N_VOLUMES))
+    assert sorted(e["index"] for e in record.inputs) == list(range(N_VOLUMES)), \
+        stdout + stderr + (session_dir / "events.jsonl").read_text()
     assert [v["index"] for v in record.volumes] == list(range(N_VOLUMES))
     assert not any("missing" in v["flags"] for v in record.volumes)
     slope, _ = source._scaling()
@@ -85,7 +88,7 @@ def test_patient_names_in_file_names_never_written(tmp_path):
     source = _NamedAfterPatient(subj / "bold.nii.gz")
     # a corrupt and a truncated file: their names reach warnings and the record's events
     session_dir, stdout, stderr = _session(
-        tmp_path, source, faults={"corrupt": [5], "truncate": [9]}, idle=8.0)
+        tmp_path, source, faults={"corrupt": [5], "truncate": [9]}, idle=15.0)
     report = subprocess.run(_rtfb() + ["report", str(session_dir)], capture_output=True,
                             text=True, timeout=300)
     assert report.returncode == 0, report.stdout + report.stderr
