@@ -60,6 +60,13 @@ def _build_parser() -> argparse.ArgumentParser:
                         help="repetition time in seconds (default: 2.0)")
     cohort.add_argument("--slope", type=float, default=3.0,
                         help="amplitude increase per VAS point (default: 3.0)")
+    cohort.add_argument("--sessions", nargs="+", metavar="LABEL",
+                        help="one run per session, e.g. pre post (BIDS ses- folders)")
+    cohort.add_argument("--treatment-effect", type=float, default=0.0,
+                        help="change of the patients' left-insula amplitude in the last "
+                             "session (default 0)")
+    cohort.add_argument("--treatment-vas", type=float, default=0.0,
+                        help="change of the patients' VAS in the last session (default 0)")
 
     st = sub.add_parser(
         "stream", help="play a run in real time to a folder or a TCP receiver",
@@ -110,7 +117,9 @@ def _run_cohort(parser, args) -> int:
     try:
         truth = write_cohort(args.out, args.patients, args.controls, seed=args.seed,
                              null=args.null, shape=args.shape, n_volumes=args.volumes,
-                             tr=args.tr, slope=args.slope)
+                             tr=args.tr, slope=args.slope, sessions=args.sessions,
+                             treatment_effect=args.treatment_effect,
+                             treatment_vas=args.treatment_vas)
     except ValueError as err:
         parser.exit(2, f"error: {err}\n")
     effect = "no effect (null)" if args.null else f"ALFF slope {args.slope:g} per VAS point"

@@ -36,6 +36,13 @@ ICA: ``network.nii.gz``). Atlas for graph analyses: ``atlas.nii.gz`` labels the 
 (1-5) and splits the rest of the brain mask into boxes (labels 6 and up), names in
 ``atlas.tsv``.
 
+Sessions (``sessions=("pre", "post")``): every subject gets one run per session under
+``sub-XX/ses-<label>/func/`` (its own noise per session, same grid) and a
+``sub-XX/sub-XX_sessions.tsv`` with the session's VAS. A planted **treatment effect**
+(e.g. acupuncture between the sessions): in the last session the patients' left-insula
+amplitude is ``max(0, amplitude + treatment_effect)`` and their VAS
+``max(0, VAS + treatment_vas)``; controls are unchanged. ``truth.json`` records both.
+
 Subjects are numbered patients first (``sub-01`` .. ``sub-<N>``), then controls. Nothing
 here imports ``rtfb``.
 """
@@ -223,6 +230,9 @@ def write_cohort(
     base_amplitude: float = 10.0,
     slope: float = 3.0,
     amplitude_sd: float = 2.0,
+    sessions: Sequence[str] | None = None,
+    treatment_effect: float = 0.0,
+    treatment_vas: float = 0.0,
     **subject_kwargs,
 ) -> dict:
     """Write a synthetic BIDS cohort with a planted left-insula ALFF effect.
@@ -241,6 +251,10 @@ def write_cohort(
         Grid, run length and repetition time (s), shared by all subjects.
     base_amplitude, slope, amplitude_sd : float
         Effect definition (see :func:`make_cohort_plan`).
+    sessions : sequence of str | None
+        Session labels (without ``ses-``), e.g. ``("pre", "post")``; None: no sessions.
+    treatment_effect, treatment_vas : float
+        Change of the patients' left-insula amplitude and VAS in the last session.
     **subject_kwargs
         Further keyword arguments of :func:`simulator.synthetic.make_subject` (e.g.
         ``noise_sigma``); ``alff_amplitude``, ``baseline``, ``seed`` are set per subject;
@@ -289,35 +303,60 @@ def write_cohort(
         "age": {"Description": "Age", "Units": "year"},
         "sex": {"Description": "Sex", "Levels": {"F": "female", "M": "male"}},
         "vas": {"Description": "Pain intensity on a visual analogue scale, 0 (no pain) to "
-                               "10 (worst imaginable pain)", "Units": "arbitrary"},
+                               "10 (worst imaginable pain)", "Units": "arbitrary",
+                "Minimum": 0, "Maximum": 10},
     })
 
     shared = None
     subjects_truth = {}
+    session_list = [None] if not sessions else [str(x).removeprefix("ses-") for x in sessions]
     for s in plan:
-        subject = make_subject(shape, n_volumes, tr=tr, seed=s.seed,
-                               alff_amplitude=s.alff_amplitude, baseline=s.baseline,
-                               **subject_kwargs)
-        if shared is None:
-            shared = subject
-        elif not (np.array_equal(subject.affine, shared.affine)
-                  and np.array_equal(subject.mask, shared.mask)
-                  and all(np.array_equal(subject.rois[k], shared.rois[k])
-                          for k in shared.rois)):  # pragma: no cover - make_subject contract
-            raise RuntimeError("subjects do not share the grid, mask and ROIs.")
-        func = root / s.participant_id / "func"
-        func.mkdir(parents=True, exist_ok=True)
-        stem = f"{s.participant_id}_task-{TASK}_bold"
-        _save_nifti(subject.data, subject.affine, func / f"{stem}.nii.gz", np.float32, tr)
-        _write_json(func / f"{stem}.json", {"RepetitionTime": float(tr), "TaskName": TASK})
-        sub_truth_dir = truth_dir / s.participant_id
-        sub_truth_dir.mkdir(exist_ok=True)
-        _write_json(sub_truth_dir / f"{s.participant_id}_truth.json", subject.truth)
-        subjects_truth[s.participant_id] = {
-            **s.as_dict(), "bold": f"{s.participant_id}/func/{stem}.nii.gz",
-            "alff_phase_rad": subject.truth["alff"]["phase_rad"],
-        }
-        del subject
+        entry = {**s.as_dict()}
+        ses_rows = []
+        for k, ses in enumerate(session_list):
+            last = ses is not None and k == len(session_list) - 1 and k > 0
+            treated = last and s.group == "patient"
+            amplitude = max(0.0, s.alff_amplitude + treatment_effect) if treated \
+                else s.alff_amplitude
+            vas = round(max(0.0, s.vas + treatment_vas), 1) if treated else s.vas
+            seed_k = s.seed if k == 0 else int(np.random.SeedSequence([s.seed, k])
+                                               .generate_state(1)[0])
+            subject = make_subject(shape, n_volumes, tr=tr, seed=seed_k,
+                                   alff_amplitude=amplitude, baseline=s.baseline,
+                                   **subject_kwargs)
+            if shared is None:
+                shared = subject
+            elif not (np.array_equal(subject.affine, shared.affine)
+                      and np.array_equal(subject.mask, shared.mask)
+                      and all(np.array_equal(subject.rois[r], shared.rois[r])
+                              for r in shared.rois)):  # pragma: no cover - make_subject
+                raise RuntimeError("subjects do not share the grid, mask and ROIs.")
+            sub_root = root / s.participant_id
+            ent = s.participant_id if ses is None else f"{s.participant_id}_ses-{ses}"
+            func = (sub_root if ses is None else sub_root / f"ses-{ses}") / "func"
+            func.mkdir(parents=True, exist_ok=True)
+            stem = f"{ent}_task-{TASK}_bold"
+            _save_nifti(subject.data, subject.affine, func / f"{stem}.nii.gz", np.float32, tr)
+            _write_json(func / f"{stem}.json", {"RepetitionTime": float(tr), "TaskName": TASK})
+            sub_truth_dir = truth_dir / s.participant_id
+            sub_truth_dir.mkdir(exist_ok=True)
+            _write_json(sub_truth_dir / f"{ent}_truth.json", subject.truth)
+            bold = str((func / f"{stem}.nii.gz").relative_to(root))
+            if ses is None:
+                entry.update(bold=bold, alff_phase_rad=subject.truth["alff"]["phase_rad"])
+            else:
+                entry.setdefault("sessions", {})[f"ses-{ses}"] = {
+                    "bold": bold, "alff_amplitude": round(amplitude, 6), "vas": vas,
+                    "alff_phase_rad": subject.truth["alff"]["phase_rad"]}
+                ses_rows.append((f"ses-{ses}", vas))
+            del subject
+        if ses_rows:
+            with open(root / s.participant_id / f"{s.participant_id}_sessions.tsv", "w",
+                      newline="") as fh:
+                writer = csv.writer(fh, delimiter="\t", lineterminator="\n")
+                writer.writerow(["session_id", "vas"])
+                writer.writerows((label, f"{v:.1f}") for label, v in ses_rows)
+        subjects_truth[s.participant_id] = entry
 
     _save_nifti(shared.mask, shared.affine, truth_dir / "mask.nii.gz", np.uint8)
     for name, roi in shared.rois.items():
@@ -361,6 +400,14 @@ def write_cohort(
             "amplitude_sd": float(amplitude_sd),
             "vas_ranges": {g: list(r) for g, r in _GROUP_VAS.items()},
         },
+        "sessions": None if not sessions else [f"ses-{x}" for x in session_list],
+        "treatment": None if not sessions else {
+            "session": f"ses-{session_list[-1]}", "who": "patients",
+            "alff_amplitude_change": float(treatment_effect),
+            "vas_change": float(treatment_vas),
+            "definition": "in the last session each patient's left-insula amplitude is "
+                          "max(0, amplitude + alff_amplitude_change) and VAS "
+                          "max(0, VAS + vas_change); controls unchanged"},
         "noise_sigma": shared.truth["noise_sigma"],
         "mask": "mask.nii.gz",
         "rois": {name: f"roi-{name}.nii.gz" for name in shared.rois},

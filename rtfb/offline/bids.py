@@ -1,9 +1,16 @@
 """Find the resting-state runs and the participants of a BIDS dataset.
 
-Only what the offline analysis needs: ``sub-*/func/*_bold.nii.gz`` (or ``.nii``) with a JSON
-sidecar giving ``RepetitionTime`` (the sidecar next to the run; BIDS inheritance from a
-top-level ``*_bold.json`` is honoured for the task), and ``participants.tsv`` read with pandas.
-Every error names the file at fault.
+Only what the offline analysis needs: ``sub-*/func/*_bold.nii.gz`` and
+``sub-*/ses-*/func/*_bold.nii.gz`` (or ``.nii``) with a JSON sidecar giving
+``RepetitionTime`` (the sidecar next to the run; BIDS inheritance from a subject-, session- or
+top-level ``*_bold.json`` is honoured for the task), and ``participants.tsv`` read with
+pandas. Every error names the file at fault.
+
+Cohort checks (:func:`load_dataset`): runs whose number of volumes or TR differs from the
+cohort's (the most common pair) are excluded with a reason (``mismatched_runs="exclude"``,
+default) or refused (``"refuse"``); clinical scores are checked by
+:func:`check_participant_values` (numbers, VAS on its 0-10 or 0-100 scale), naming the file
+and line.
 """
 
 from __future__ import annotations
@@ -16,9 +23,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["BIDSError", "Dataset", "Run", "find_runs", "load_dataset", "read_participants"]
+__all__ = ["BIDSError", "Dataset", "Run", "check_participant_values", "find_runs",
+           "load_dataset", "read_participants"]
 
 _SUB_RE = re.compile(r"^sub-[A-Za-z0-9]+$")
+_SES_RE = re.compile(r"^ses-[A-Za-z0-9]+$")
+#: Columns of ``participants.tsv`` that must be numbers (``n/a`` allowed) when present.
+NUMERIC_COLUMNS = ("age", "vas")
+#: Allowed VAS scales (0 to this maximum); see :func:`check_participant_values`.
+VAS_SCALES = (10.0, 100.0)
+_TR_TOL = 1e-3  # seconds
 _BOLD_SUFFIXES = ("_bold.nii.gz", "_bold.nii")
 
 
@@ -43,6 +57,10 @@ class Run:
     prefix : str
         File name without ``_bold.nii[.gz]`` (e.g. ``sub-01_task-rest``), the stem of every
         derivative of the run.
+    session : str | None
+        ``ses-YY`` for a run under ``sub-XX/ses-YY/func``, else None.
+    n_volumes : int | None
+        Number of volumes (filled by :func:`load_dataset`).
     """
 
     subject: str
@@ -50,11 +68,18 @@ class Run:
     sidecar: Path | None
     tr: float
     prefix: str
+    session: str | None = None
+    n_volumes: int | None = None
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """Runs, participants and the shared grid of a BIDS dataset."""
+    """Runs, participants and the shared grid of a BIDS dataset.
+
+    ``runs`` are the runs kept for the analysis; ``excluded`` maps the path of each excluded
+    run to the reason; ``participants`` lists only subjects with a kept run (``dropped``:
+    those left without one); ``warnings`` says all of it in sentences.
+    """
 
     root: Path
     runs: tuple[Run, ...]
@@ -62,11 +87,19 @@ class Dataset:
     participants_path: Path | None
     shape: tuple[int, ...]
     affine: np.ndarray = field(repr=False)
+    excluded: dict = field(default_factory=dict)
+    dropped: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
 
     @property
     def subjects(self) -> list[str]:
         """Subjects with data, sorted."""
         return sorted({run.subject for run in self.runs})
+
+    @property
+    def sessions(self) -> list[str]:
+        """Session labels (``ses-YY``) with data, sorted (empty without ``ses-`` folders)."""
+        return sorted({run.session for run in self.runs if run.session is not None})
 
 
 def _prefix(name: str) -> str | None:
@@ -88,9 +121,13 @@ def _entities(prefix: str) -> dict[str, str]:
 def _sidecar_candidates(root: Path, run_path: Path, prefix: str) -> list[Path]:
     """Sidecars from the most to the least specific (BIDS inheritance, simplified)."""
     out = [run_path.with_name(prefix + "_bold.json")]
-    task = _entities(prefix).get("task")
+    entities = _entities(prefix)
+    task = entities.get("task")
     if task is not None:
         subject = prefix.split("_")[0]
+        if "ses" in entities:
+            ses = f"ses-{entities['ses']}"
+            out.append(root / subject / ses / f"{subject}_{ses}_task-{task}_bold.json")
         out.append(root / subject / f"{subject}_task-{task}_bold.json")
         out.append(root / f"task-{task}_bold.json")
     return out
@@ -123,13 +160,24 @@ def _read_tr(root: Path, run_path: Path, prefix: str) -> tuple[float, Path]:
                     f"{_sidecar_candidates(root, run_path, prefix)[0]}).")
 
 
-def find_runs(bids_dir) -> list[Run]:
-    """All ``sub-*/func/*_bold.nii[.gz]`` runs of a BIDS dataset, sorted by path.
+def _func_dirs(sub_dir: Path):
+    """``(session, func folder)`` of one subject: ``sub-XX/func`` and ``sub-XX/ses-*/func``."""
+    yield None, sub_dir / "func"
+    for ses_dir in sorted(sub_dir.glob("ses-*")):
+        if ses_dir.is_dir() and _SES_RE.match(ses_dir.name):
+            yield ses_dir.name, ses_dir / "func"
+
+
+def find_runs(bids_dir, input: str = "bids") -> list[Run]:
+    """All ``sub-*/[ses-*/]func/*_bold.nii[.gz]`` runs of a BIDS dataset, sorted by path.
 
     Parameters
     ----------
     bids_dir : str | path-like
         BIDS root.
+    input : {"bids", "fmriprep"}
+        ``"fmriprep"``: only fMRIPrep's ``*_space-MNI152NLin2009cAsym*_desc-preproc_bold``
+        runs of a derivatives folder (:mod:`rtfb.offline.fmriprep`).
 
     Returns
     -------
@@ -140,23 +188,32 @@ def find_runs(bids_dir) -> list[Run]:
     BIDSError
         If the folder does not exist, holds no run, or a run has no usable TR.
     """
+    from .._utils.checks import _check_option
+
+    _check_option("input", input, ("bids", "fmriprep"))
     root = Path(bids_dir)
     if not root.is_dir():
         raise BIDSError(f"{root}: BIDS directory not found.")
+    if input == "fmriprep":
+        from .fmriprep import RUN_GLOB as pattern
+    else:
+        pattern = "*_bold.nii*"
     runs = []
     for sub_dir in sorted(root.glob("sub-*")):
         if not (sub_dir.is_dir() and _SUB_RE.match(sub_dir.name)):
             continue
-        for path in sorted((sub_dir / "func").glob("*_bold.nii*")):
-            prefix = _prefix(path.name)
-            if prefix is None:
-                continue
-            if not prefix.startswith(sub_dir.name + "_"):
-                raise BIDSError(f"{path}: file name does not start with {sub_dir.name}_.")
-            tr, sidecar = _read_tr(root, path, prefix)
-            runs.append(Run(sub_dir.name, path, sidecar, tr, prefix))
+        for session, func in _func_dirs(sub_dir):
+            for path in sorted(func.glob(pattern)):
+                prefix = _prefix(path.name)
+                if prefix is None:
+                    continue
+                start = sub_dir.name + "_" + (f"{session}_" if session else "")
+                if not prefix.startswith(start):
+                    raise BIDSError(f"{path}: file name does not start with {start}.")
+                tr, sidecar = _read_tr(root, path, prefix)
+                runs.append(Run(sub_dir.name, path, sidecar, tr, prefix, session))
     if not runs:
-        raise BIDSError(f"{root}: no functional run (sub-*/func/*_bold.nii.gz) found.")
+        raise BIDSError(f"{root}: no functional run (sub-*/[ses-*/]func/{pattern}) found.")
     return runs
 
 
@@ -201,10 +258,118 @@ def read_participants(path) -> pd.DataFrame:
     missing = ids[table["group"].isna()].tolist()
     if missing:
         raise BIDSError(f"{path}: no group for {missing}.")
+    check_participant_values(table, path, _column_specs(path.with_suffix(".json")))
     return table.set_index("participant_id")
 
 
-def _grid(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
+def _column_specs(path: Path) -> dict:
+    """Column descriptions of ``participants.json`` (``{}`` when absent)."""
+    if not path.is_file():
+        return {}
+    try:
+        specs = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise BIDSError(f"{path}: unreadable JSON ({err}).") from None
+    return specs if isinstance(specs, dict) else {}
+
+
+def _bound(specs: dict, column: str, key: str, path: Path):
+    spec = specs.get(column)
+    if not isinstance(spec, dict) or key not in spec:
+        return None
+    try:
+        value = float(spec[key])
+    except (TypeError, ValueError):
+        raise BIDSError(f"{path.with_suffix('.json')}: {column}.{key} must be a number, got "
+                        f"{spec[key]!r}.") from None
+    return value
+
+
+def check_participant_values(table: pd.DataFrame, path, specs: dict | None = None,
+                             columns=NUMERIC_COLUMNS) -> dict:
+    """Refuse non-numeric or out-of-range clinical values, naming the file and line.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        The participants table as read (one row per file line after the header, with a
+        ``participant_id`` column).
+    path : str | path-like
+        Its file (named in the errors).
+    specs : dict | None
+        Column descriptions (``participants.json``); a ``Minimum`` / ``Maximum`` given for a
+        column is enforced.
+    columns : sequence of str
+        Columns that must hold numbers (or ``n/a``) when present: ``age`` and ``vas`` by
+        default (matched case-insensitively).
+
+    Returns
+    -------
+    dict
+        ``{column: (minimum, maximum)}`` applied (the VAS scale found).
+
+    Raises
+    ------
+    BIDSError
+        A value is not a number (e.g. ``abc``), is not finite, or is out of range: ``age``
+        must be > 0, ``vas`` within its scale. The VAS scale is ``participants.json``'s
+        ``vas.Maximum`` when given (10 or 100), else 0-10 when every value is <= 10 and
+        0-100 otherwise; a negative VAS, or one above 100, is always refused.
+    """
+    path = Path(path)
+    specs = specs or {}
+    ids = table["participant_id"] if "participant_id" in table.columns else table.index
+    lower = {str(c).lower(): c for c in table.columns}
+    ranges = {}
+    for name in columns:
+        column = lower.get(name.lower())
+        if column is None:
+            continue
+        values = []
+        for row, (sid, raw) in enumerate(zip(ids, table[column], strict=True)):
+            where = f"{path}, line {row + 2} ({sid})"
+            if raw is None or (isinstance(raw, float) and np.isnan(raw)):
+                values.append(np.nan)
+                continue
+            try:
+                value = float(str(raw).strip())
+            except ValueError:
+                raise BIDSError(f"{where}: {column} must be a number or n/a, got "
+                                f"'{raw}'.") from None
+            if not np.isfinite(value):
+                raise BIDSError(f"{where}: {column} must be a finite number, got '{raw}'.")
+            values.append(value)
+        values = np.asarray(values, float)
+        lo, hi = _bound(specs, column, "Minimum", path), _bound(specs, column, "Maximum", path)
+        if name == "vas":
+            if hi is not None and hi not in VAS_SCALES:
+                raise BIDSError(f"{path.with_suffix('.json')}: {column}.Maximum must be 10 or "
+                                f"100 (VAS scale), got {hi:g}.")
+            finite = values[np.isfinite(values)]
+            if hi is None:
+                hi = VAS_SCALES[0] if finite.size == 0 or finite.max() <= VAS_SCALES[0] \
+                    else VAS_SCALES[1]
+            lo = 0.0 if lo is None else lo
+        elif name == "age" and lo is None:
+            lo = np.nextafter(0.0, 1.0)
+        for row, (sid, value) in enumerate(zip(ids, values, strict=True)):
+            if not np.isfinite(value):
+                continue
+            if (lo is not None and value < lo) or (hi is not None and value > hi):
+                if name == "vas":
+                    rule = f"on the VAS scale 0-{hi:g} (0-10 or 0-100, see docs/offline.md)"
+                elif name == "age" and lo is not None and 0 < lo < 1e-300:
+                    rule = "> 0 years"
+                else:
+                    rule = (f"in [{'-inf' if lo is None else f'{lo:g}'}, "
+                            f"{'inf' if hi is None else f'{hi:g}'}]")
+                raise BIDSError(f"{path}, line {row + 2} ({sid}): {column} must be {rule}, "
+                                f"got '{table[column].iloc[row]}'.")
+        ranges[column] = (lo, hi)
+    return ranges
+
+
+def _grid(path: Path) -> tuple[tuple[int, ...], np.ndarray, int]:
     import nibabel as nib
 
     try:
@@ -214,10 +379,39 @@ def _grid(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
     shape = tuple(int(n) for n in img.shape)
     if len(shape) != 4:
         raise BIDSError(f"{path}: a BOLD run must be 4D, got shape {shape}.")
-    return shape[:3], np.asarray(img.affine, dtype=np.float64)
+    return shape[:3], np.asarray(img.affine, dtype=np.float64), shape[3]
 
 
-def load_dataset(bids_dir, participants=None, *, require_participants: bool = True) -> Dataset:
+def _check_run_lengths(runs: list[Run], policy: str) -> tuple[list[Run], dict]:
+    """Keep the runs of the cohort's most common (volumes, TR); exclude or refuse others."""
+    from collections import Counter
+
+    keys = Counter((run.n_volumes, round(run.tr / _TR_TOL)) for run in runs)
+    # the most common pair; ties: the longer run, then the shorter TR
+    (n_ref, tr_key), count = max(keys.items(), key=lambda kv: (kv[1], kv[0][0], -kv[0][1]))
+    tr_ref = tr_key * _TR_TOL
+    kept, excluded = [], {}
+    for run in runs:
+        reasons = []
+        if run.n_volumes != n_ref:
+            reasons.append(f"{run.n_volumes} volumes instead of {n_ref}")
+        if abs(run.tr - tr_ref) > _TR_TOL / 2:
+            reasons.append(f"TR {run.tr:g} s instead of {tr_ref:g} s")
+        if reasons:
+            excluded[run.path] = (f"{' and '.join(reasons)} (the cohort's runs: {count} of "
+                                  f"{len(runs)} have {n_ref} volumes at TR {tr_ref:g} s)")
+        else:
+            kept.append(run)
+    if excluded and policy == "refuse":
+        lines = "\n".join(f"  {p}: {why}" for p, why in excluded.items())
+        raise BIDSError(f"{len(excluded)} run(s) differ in length or TR from the cohort "
+                        f"(refused; --mismatched-runs exclude leaves them out):\n{lines}")
+    return kept, excluded
+
+
+def load_dataset(bids_dir, participants=None, *, require_participants: bool = True,
+                 mismatched_runs: str = "exclude", same_grid: bool = True,
+                 input: str = "bids") -> Dataset:
     """Runs and participants of a BIDS dataset, checked for the offline analysis.
 
     Parameters
@@ -228,6 +422,16 @@ def load_dataset(bids_dir, participants=None, *, require_participants: bool = Tr
         Participants table; default ``BIDS_DIR/participants.tsv``.
     require_participants : bool
         Raise when there is no participants file (else ``participants`` is None).
+    mismatched_runs : {"exclude", "refuse"}
+        What to do with runs whose number of volumes or TR differs from the cohort's most
+        common pair: leave them out (listed in ``Dataset.excluded`` and ``warnings``; a
+        subject left without a run is dropped from the participants) or raise.
+    same_grid : bool
+        Require every run on one grid (shape and affine). False when the maps are brought to
+        a common space afterwards (spatial normalisation); ``shape``/``affine`` are then the
+        first run's.
+    input : {"bids", "fmriprep"}
+        Raw BIDS runs or fMRIPrep derivatives (see :func:`find_runs`).
 
     Returns
     -------
@@ -237,36 +441,57 @@ def load_dataset(bids_dir, participants=None, *, require_participants: bool = Tr
     ------
     BIDSError
         See :func:`find_runs` and :func:`read_participants`; also subjects on different
-        grids (shape or affine), subjects listed in the participants file without data,
-        and subjects with data missing from the participants file.
+        grids (with ``same_grid``), mismatched runs (with ``"refuse"``), subjects listed in
+        the participants file without data, and subjects with data missing from the
+        participants file.
     """
+    from dataclasses import replace
+
+    from .._utils.checks import _check_option
+
+    _check_option("mismatched_runs", mismatched_runs, ("exclude", "refuse"))
     root = Path(bids_dir)
-    runs = find_runs(root)
+    found = find_runs(root, input)
+    runs = []
     shape = affine = None
     first = None
-    for run in runs:
-        run_shape, run_affine = _grid(run.path)
+    for run in found:
+        run_shape, run_affine, n_volumes = _grid(run.path)
+        runs.append(replace(run, n_volumes=n_volumes))
         if first is None:
             shape, affine, first = run_shape, run_affine, run.path
+        elif not same_grid:
+            continue
         elif run_shape != shape:
             raise BIDSError(f"{run.path}: grid {run_shape} differs from {shape} of {first}; "
-                            "all subjects must share one grid (resample them first).")
+                            "all subjects must share one grid (resample them first, or "
+                            "normalise them with --normalize).")
         elif not np.allclose(run_affine, affine, atol=1e-4):
             raise BIDSError(f"{run.path}: affine differs from that of {first}; all subjects "
-                            "must share one grid (resample them first).")
+                            "must share one grid (resample them first, or normalise them "
+                            "with --normalize).")
+    runs, excluded = _check_run_lengths(runs, mismatched_runs)
+    warnings = [f"excluded {p}: {why}" for p, why in excluded.items()]
     table = None
+    dropped = ()
     p_path = Path(participants) if participants is not None else root / "participants.tsv"
     if participants is not None or p_path.is_file() or require_participants:
         table = read_participants(p_path)
         listed = set(table.index)
         with_data = {run.subject for run in runs}
-        no_data = sorted(listed - with_data)
+        all_data = with_data | {run.subject for run in found}
+        no_data = sorted(listed - all_data)
         if no_data:
             raise BIDSError(f"{p_path}: {no_data} listed but without a functional run under "
                             f"{root}.")
-        unlisted = sorted(with_data - listed)
+        unlisted = sorted(all_data - listed)
         if unlisted:
             raise BIDSError(f"{p_path}: {unlisted} have data under {root} but are not listed.")
+        dropped = tuple(sorted(listed - with_data))
+        if dropped:
+            warnings.append(f"dropped from the analysis (no run left): {', '.join(dropped)}")
+            table = table.drop(index=list(dropped))
     else:
         p_path = None
-    return Dataset(root, tuple(runs), table, p_path, shape, affine)
+    return Dataset(root, tuple(runs), table, p_path, shape, affine, excluded, dropped,
+                   tuple(warnings))

@@ -107,7 +107,12 @@ class ContrastResult:
         Every analysed subject's map value at ``peak_ijk`` (order of
         :attr:`GroupResults.participants`).
     files : dict of str to Path
-        Written files (``t``, ``pfwe``, ``qfdr``, ``clusters``).
+        Written files (``t``, ``pfwe``, ``qfdr``, ``clusters``; ``tfce``, ``ptfce``).
+    tfce, p_tfce : numpy.ndarray | None
+        TFCE score (0 outside) and its max-TFCE FWE p (1 outside), general designs only
+        (:mod:`rtfb.offline.design`).
+    tested : numpy.ndarray | None
+        Values of the tested design column per row of ``subjects`` (general designs).
     """
 
     metric: str
@@ -127,6 +132,9 @@ class ContrastResult:
     peak_significant: bool
     peak_values: np.ndarray
     files: dict[str, Path] = field(default_factory=dict)
+    tfce: np.ndarray | None = None
+    p_tfce: np.ndarray | None = None
+    tested: np.ndarray | None = None
 
     @property
     def n_significant(self) -> int:
@@ -168,8 +176,14 @@ class GroupResults:
         ROI-graph analysis, when run (:func:`rtfb.offline.network.graph_analysis`).
     ica : rtfb.offline.network.ICAResults | None
         Group ICA, when run (:func:`rtfb.offline.network.ica_analysis`).
+    design : rtfb.offline.design.Design | None
+        The general design, when the contrasts come from
+        :func:`rtfb.offline.design_analysis.design_analysis`.
     notes : list of str
         Decisions taken on the data (dropped covariates, skipped analyses).
+    warnings : list of str
+        What makes results unreliable (too few residual degrees of freedom or distinct
+        permutations, excluded runs); shown first in the report and on the terminal.
     files : dict of str to Path
         Study-level written files.
     """
@@ -194,6 +208,8 @@ class GroupResults:
     ica: Any = None
     notes: list[str] = field(default_factory=list)
     files: dict[str, Path] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    design: Any = None
 
     @property
     def cluster_tables(self) -> pd.DataFrame:
@@ -395,6 +411,64 @@ def _fwe_threshold(null_max: np.ndarray, alpha: float) -> float:
 
 # --------------------------------------------------------------------------- analysis
 
+#: Residual degrees of freedom below which a model is flagged as unreliable.
+MIN_DF = 8
+
+
+def _n_distinct_permutations(x: np.ndarray) -> float:
+    """Distinct reorderings of the tested regressor ``x`` (multinomial over tied values)."""
+    from math import lgamma
+
+    _, counts = np.unique(np.round(x, 10), return_counts=True)
+    log_n = lgamma(x.size + 1) - sum(lgamma(int(c) + 1) for c in counts)
+    return float(np.round(np.exp(min(log_n, 700.0))))
+
+
+def model_warnings(label: str, design: np.ndarray, contrast: np.ndarray, threshold: float,
+                   alpha: float, n_permutations: int, sign_flip: bool = False) -> list[str]:
+    """Warnings for a model with too few residual df or too few distinct permutations.
+
+    Parameters
+    ----------
+    label : str
+        Names the model in the messages.
+    design, contrast : numpy.ndarray
+        The fitted design (subjects x columns) and contrast.
+    threshold : float
+        FWE critical ``|t|`` found.
+    alpha : float
+        FWE level.
+    n_permutations : int
+        Permutations drawn.
+    sign_flip : bool
+        The test flips signs (one-sample / paired): ``2**n`` distinct flips.
+
+    Returns
+    -------
+    list of str
+        Empty when the model is fine.
+    """
+    n, p = design.shape
+    df = n - p
+    out = []
+    if df < MIN_DF:
+        out.append(f"{label}: only {df} residual degrees of freedom ({n} subjects, {p} design "
+                   f"columns; fewer than {MIN_DF}): FWE critical |t| = {threshold:.3g}, so "
+                   "only huge effects can survive and empty maps are expected. Add subjects "
+                   "or drop covariates.")
+    if sign_flip:
+        distinct = float(2.0 ** min(n, 1000))
+    else:
+        distinct = _n_distinct_permutations(design @ np.linalg.pinv(design.T @ design)
+                                            @ contrast)
+    if distinct * alpha < 1:
+        out.append(f"{label}: only {distinct:.0f} distinct permutations, so no p_FWE can be "
+                   f"below {1 / distinct:.3g} (>= alpha {alpha:g}).")
+    elif distinct < n_permutations:
+        out.append(f"{label}: {n_permutations} permutations drawn from only {distinct:.0f} "
+                   "distinct ones (repeats; p_FWE is coarse).")
+    return out
+
 
 def _contrast(metric, key, data, mask, affine, design, contrast, subjects, covariates,
               all_data, n_permutations, alpha, seed, out_dir) -> ContrastResult:
@@ -464,6 +538,7 @@ def group_analysis(
     file_glob: str = "{subject}_*",
     classify_metric: str | None = None,
     classify_permutations: int = 100,
+    progress=None,
 ) -> GroupResults:
     """Voxel-wise group statistics of the per-subject maps (see the module docstring).
 
@@ -500,6 +575,9 @@ def group_analysis(
         of patients vs controls and of the patients' VAS regression (None: skipped).
     classify_permutations : int
         Label permutations of the classification p-value (0 to skip).
+    progress : callable | None
+        Called as ``progress(step, n_steps)`` when a step starts (``step`` describes it:
+        loading, one per metric and contrast, classification), for a progress display.
 
     Returns
     -------
@@ -536,6 +614,13 @@ def group_analysis(
 
     deriv_dir = Path(deriv_dir)
     subjects = list(table.index)
+    n_steps = 1 + 2 * len(metrics) + (classify_metric is not None)
+
+    def step(text):
+        if progress is not None:
+            progress(text, n_steps)
+
+    step("loading the subject maps")
     masks, maps, affine, _ = load_subject_maps(deriv_dir, subjects, all_metrics, file_glob)
     mask = masks.all(axis=0)
     for m in all_metrics:
@@ -581,14 +666,24 @@ def group_analysis(
     for metric in metrics:
         data = maps[metric][:, mask]
         all_vox = maps[metric]
+        step(f"{metric}: patients vs controls ({n_permutations} permutations)")
         results.contrasts[(metric, "patVsCon")] = _contrast(
             metric, "patVsCon", data, mask, affine, design_g, con_g, subjects, kept_g,
             all_vox, n_permutations, alpha, seed, out_dir)
+        step(f"{metric}: VAS correlation ({n_permutations} permutations)")
         if design_v is not None:
             results.contrasts[(metric, "vas")] = _contrast(
                 metric, "vas", data[vas_rows], mask, affine, design_v, con_v,
                 list(sub_v.index), kept_v, all_vox, n_permutations, alpha, seed,
                 out_dir)
+    for key, design, contrast in (("patVsCon", design_g, con_g),
+                                  ("vas", design_v, con_v if design_v is not None else None)):
+        done = [c for (_m, k), c in results.contrasts.items() if k == key]
+        if design is None or not done:
+            continue
+        results.warnings += model_warnings(
+            _CONTRASTS[key], design, contrast, max(c.threshold for c in done), alpha,
+            n_permutations)
 
     tables = results.cluster_tables
     results.files["clusters"] = out_dir / "clusters.tsv"
@@ -598,6 +693,7 @@ def group_analysis(
                  na_rep="n/a")
 
     if classify_metric is not None:
+        step(f"classification ({classify_metric})")
         _run_classification(results, maps[classify_metric][:, mask], classify_metric,
                             classify_permutations, seed)
     return results

