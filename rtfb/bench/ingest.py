@@ -21,7 +21,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from ..ingest import FolderWatcher, TCPReceiver, probe, read_dicom_slices, read_volume, send_volume
+from ..ingest import FolderWatcher, TCPReceiver, probe, read_dicom_slices, read_volume
+from ..ingest.tcp_framing import TCPSender
 from ._timing import summary_ms, time_calls
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "pyneal"
@@ -169,12 +170,11 @@ def _tcp_latency(shape, n_volumes: int):
     rng = np.random.default_rng(2)
     data = (1000 + rng.standard_normal(shape)).astype(np.float32)
     lat = np.empty(n_volumes)
-    with TCPReceiver() as receiver:
-        import socket
-
-        with socket.create_connection(receiver.address) as sock:
+    key = bytes(range(32))  # authenticated framing v2, as rtfb run --tcp uses it
+    with TCPReceiver(key=key) as receiver:
+        with TCPSender(receiver.address, key) as sender:
             for i in range(n_volumes):
-                send_volume(sock, data, np.eye(4), i, tr=2.0)
+                sender.send(data, np.eye(4), i, tr=2.0)
                 sent = time.perf_counter()
                 receiver.get(timeout=10)
                 lat[i] = time.perf_counter() - sent
@@ -216,6 +216,6 @@ def run(args: argparse.Namespace) -> int:
               f"by get() (volumes 2..): median {med:.1f} ms, p95 {p95:.1f} ms.")
         tcp = _tcp_latency(shape, args.volumes)
         med, p95 = summary_ms(tcp)
-        print(f"TCP receiver ({args.volumes} frames {args.shape} float32): from send_volume "
+        print(f"TCP receiver ({args.volumes} frames {args.shape} float32): from TCPSender.send "
               f"returned to Volume returned by get(): median {med:.2f} ms, p95 {p95:.2f} ms.")
     return 0

@@ -22,7 +22,8 @@ from typing import Any
 
 import zmq
 
-from ..feedback.messages import MessageError, decode
+from ..feedback.messages import MessageError
+from ..feedback.signing import verify_message
 from .model import DashboardModel
 
 __all__ = ["JsonlTail", "LiveFeed", "RecordFeed", "read_protocol_info", "replay_record"]
@@ -202,11 +203,15 @@ class LiveFeed:
         The model to feed.
     poll_interval : float
         Seconds between record polls (also the longest wait for a message).
+    key : bytes | None
+        The session's feedback key: only messages signed with it are shown
+        (:func:`rtfb.feedback.signing.verify_message`); ``None`` reads unsigned ones too.
     """
 
     def __init__(self, address: str, session_dir, model: DashboardModel,
-                 poll_interval: float = 0.2):
+                 poll_interval: float = 0.2, key: bytes | None = None):
         self.address = address
+        self.key = key
         self.model = model
         self.record = RecordFeed(session_dir, model, messages=True)
         self.poll_interval = float(poll_interval)
@@ -263,7 +268,7 @@ class LiveFeed:
             except zmq.Again:
                 return
             try:
-                topic, message = decode(frames)
+                topic, message = verify_message(frames, self.key)
             except MessageError as err:
                 self.n_invalid += 1
                 logger.debug("dashboard: invalid message skipped: %s", err)
