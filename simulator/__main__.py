@@ -85,6 +85,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     st.add_argument("source", help="4D NIfTI file, synthetic subject folder or DICOM folder")
     st.add_argument("--to", required=True, help="output folder or tcp://HOST:PORT")
+    st.add_argument("--dicom", choices=("enhanced", "classic"), default=None,
+                    help="write a NIfTI source as Siemens-XA-like enhanced DICOM (one file "
+                         "per volume) or classic slices (simulator.dicom_writers)")
     st.add_argument("--tr", type=float, default=None,
                     help="repetition time in seconds (default: from the source)")
     st.add_argument("--speed", type=float, default=1.0,
@@ -155,7 +158,13 @@ def _run_stream(parser, args) -> int:
         parser.exit(2, f"error: {err}\n")
     log = None if args.quiet else (lambda msg: print(msg, flush=True))
     try:
-        doc = stream(args.source, args.to, args.tr, speed=args.speed, volumes=args.volumes,
+        source = args.source
+        if args.dicom is not None:
+            from .dicom_writers import ClassicDicomSource, EnhancedDicomSource
+
+            source = {"enhanced": EnhancedDicomSource,
+                      "classic": ClassicDicomSource}[args.dicom](args.source)
+        doc = stream(source, args.to, args.tr, speed=args.speed, volumes=args.volumes,
                      faults=faults, fault_seed=args.fault_seed,
                      delay_seconds=args.delay_seconds,
                      truncate_fraction=args.truncate_fraction,

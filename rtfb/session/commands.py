@@ -34,7 +34,9 @@ def add_run_parser(sub) -> None:
                                    "feedback over ZeroMQ, recorded in a session folder.")
     p.add_argument("protocol", nargs="?", help="protocol TOML file (see protocols/)")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--watch", metavar="DIR", help="scanner export folder to watch")
+    src.add_argument("--watch", metavar="DIR",
+                     help="scanner export folder to watch; series folders created below it "
+                          "after the start (GE p/e/s, Philips NNNN, per-series) are followed")
     src.add_argument("--tcp", metavar="PORT", type=port, help="receive volumes on this TCP port")
     src.add_argument("--simulate", action="store_true",
                      help="stream a synthetic subject (no scanner) and show a headless display")
@@ -181,7 +183,8 @@ def run_command(args: argparse.Namespace) -> int:
 
     from ..config import load_protocol
     from ..feedback.publisher import FeedbackPublisher
-    from ..ingest import FolderWatcher, TCPReceiver
+    from ..ingest import TCPReceiver
+    from ..ingest.layouts import SeriesFolderWatcher
     from .runner import Session, load_recorded_protocol, session_dir_name
     from .verify import verify_record
 
@@ -246,9 +249,10 @@ def run_command(args: argparse.Namespace) -> int:
                        "seed": 0, "participant_model": args.participant_model,
                        "participant_run": args.participant_run}
     elif args.watch:
-        source = FolderWatcher(args.watch, first_index=first_index, series=args.series,
-                               accept_existing=args.accept_existing or resume_dir is not None,
-                               tr=protocol.session.tr)
+        source = SeriesFolderWatcher(args.watch, first_index=first_index, series=args.series,
+                                     accept_existing=args.accept_existing
+                                     or resume_dir is not None,
+                                     tr=protocol.session.tr)
         source_info = {"kind": "watch", "directory": str(Path(args.watch).resolve())}
     elif args.tcp is not None:
         key, key_path = tcp_key(args)
