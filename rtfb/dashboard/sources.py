@@ -121,11 +121,34 @@ def read_protocol_info(session_dir) -> dict[str, Any]:
                    for b in proto.get("blocks", [])],
     }
     info["colors"] = condition_colors(b["condition"] for b in info["blocks"])
-    for key in ("series_lock", "lock", "series"):
-        if isinstance(session.get(key), dict):
-            info["lock"] = session[key]
-            break
+    info["lock"] = _lock_info(session)
     return info
+
+
+def _lock_info(session: dict[str, Any]) -> dict[str, Any]:
+    """The series lock as the session recorded it: reference volume, geometry, TR."""
+    import numpy as np
+
+    lock: dict[str, Any] = {}
+    if session.get("reference_index") is not None:
+        lock["reference volume"] = session["reference_index"]
+    affine = session.get("affine")
+    try:
+        affine = np.asarray(affine, dtype=float)
+        if affine.shape == (4, 4):
+            import nibabel as nib
+
+            zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+            lock["voxel size (mm)"] = " x ".join(f"{z:.2f}" for z in zooms)
+            lock["orientation"] = "".join(nib.aff2axcodes(affine))
+    except (TypeError, ValueError):
+        pass
+    if session.get("max_delay") is not None:
+        lock["stale after (s)"] = session["max_delay"]
+    for key in ("series_lock", "series"):
+        if isinstance(session.get(key), dict):
+            lock.update(session[key])
+    return lock
 
 
 class RecordFeed:

@@ -223,7 +223,7 @@
       ["FD threshold (mm)", S.info.fd_threshold]];
     const lock = S.info.lock || {};
     for (const [k, v] of Object.entries(lock)) {
-      rows.push(["lock: " + k, typeof v === "object" ? JSON.stringify(v) : v]);
+      rows.push([k, typeof v === "object" ? JSON.stringify(v) : v]);
     }
     $("lock").innerHTML = "";
     for (const [k, v] of rows) {
