@@ -30,11 +30,33 @@ class ProtocolError(RtfbError, ValueError):
     """
 
     def __init__(self, source: str, key: str | None, reason: str):
+        from ._utils.text import escape_control  # a key may hold any character
+
         self.source = source
         self.key = key
         self.reason = reason
         where = f"{source}: {key}: " if key else f"{source}: "
-        super().__init__(where + reason)
+        super().__init__(escape_control(where + reason))
 
     def __reduce__(self):
         return type(self), (self.source, self.key, self.reason)
+
+
+class UsageError(RtfbError, ValueError):
+    """A command-line value or a path given on the command line is unusable.
+
+    The message names the option (or argument), the value found and what was expected;
+    the ``rtfb`` command prints it on one line and exits with status 2.
+    """
+
+
+class RecordError(RtfbError, ValueError):
+    """A session record is incomplete, inconsistent or fails its checksums.
+
+    The message names the file and the first bad entry (e.g. the volume whose data no
+    longer matches its recorded SHA-256).
+    """
+
+
+class AuthenticationError(RtfbError):
+    """A key file cannot be used, or a message or frame fails its authentication tag."""

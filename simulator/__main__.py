@@ -37,6 +37,15 @@ def _build_parser() -> argparse.ArgumentParser:
     subject.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     subject.add_argument("--motion", action="store_true",
                          help="apply a known rigid head-motion trace")
+    subject.add_argument("--participant-model", default=None,
+                         choices=("responder", "non-responder", "learner"),
+                         help="virtual participant following --protocol's blocks (its "
+                              "truth goes to truth.json under 'participant')")
+    subject.add_argument("--participant-run", type=int, default=1,
+                         help="run number of the participant (a learner improves with it)")
+    subject.add_argument("--protocol", default=None,
+                         help="protocol TOML whose TR, volumes and blocks the participant "
+                              "follows (required with --participant-model)")
 
     cohort = sub.add_parser(
         "cohort", help="write a synthetic BIDS cohort (patients/controls, planted effect)",
@@ -76,6 +85,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     st.add_argument("source", help="4D NIfTI file, synthetic subject folder or DICOM folder")
     st.add_argument("--to", required=True, help="output folder or tcp://HOST:PORT")
+    st.add_argument("--dicom", choices=("enhanced", "classic"), default=None,
+                    help="write a NIfTI source as Siemens-XA-like enhanced DICOM (one file "
+                         "per volume) or classic slices (simulator.dicom_writers)")
     st.add_argument("--tr", type=float, default=None,
                     help="repetition time in seconds (default: from the source)")
     st.add_argument("--speed", type=float, default=1.0,
@@ -104,6 +116,9 @@ def _build_parser() -> argparse.ArgumentParser:
                     help="manifest path (default: <to>/../stream_manifest.json)")
     st.add_argument("--connect-timeout", type=float, default=10.0,
                     help="seconds to wait for a TCP receiver (default: 10)")
+    st.add_argument("--key", metavar="FILE", default=None,
+                    help="TCP: the session's key file (rtfb run --tcp PORT --key FILE); "
+                         "frames are signed with it")
     st.add_argument("--quiet", action="store_true", help="no line per volume")
     return parser
 
@@ -143,18 +158,24 @@ def _run_stream(parser, args) -> int:
         parser.exit(2, f"error: {err}\n")
     log = None if args.quiet else (lambda msg: print(msg, flush=True))
     try:
-        doc = stream(args.source, args.to, args.tr, speed=args.speed, volumes=args.volumes,
+        source = args.source
+        if args.dicom is not None:
+            from .dicom_writers import ClassicDicomSource, EnhancedDicomSource
+
+            source = {"enhanced": EnhancedDicomSource,
+                      "classic": ClassicDicomSource}[args.dicom](args.source)
+        doc = stream(source, args.to, args.tr, speed=args.speed, volumes=args.volumes,
                      faults=faults, fault_seed=args.fault_seed,
                      delay_seconds=args.delay_seconds,
                      truncate_fraction=args.truncate_fraction,
                      corrupt_mode=args.corrupt_mode, duplicate_mode=args.duplicate_mode,
                      chunks=args.chunks, chunk_pause=args.chunk_pause,
                      start_delay=args.start_delay, manifest=args.manifest,
-                     connect_timeout=args.connect_timeout, log=log)
+                     connect_timeout=args.connect_timeout, key=args.key, log=log)
     except KeyboardInterrupt:
         print("interrupted; the manifest says what was written", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, ConnectionError) as err:
+    except (ValueError, OSError) as err:
         parser.exit(2, f"error: {err}\n")
     timing = doc["timing"]
     actions: dict[str, int] = {}
@@ -164,6 +185,12 @@ def _run_stream(parser, args) -> int:
     print(f"{doc['status']}: {doc['n_volumes']} volumes to {doc['to']} ({summary}); "
           f"lateness median {timing['median']} ms, max {timing['max']} ms; "
           f"manifest {doc['manifest']}")
+    if doc["output"] == "tcp":
+        acks = doc["acknowledged"]
+        accepted = acks.get("accepted", 0) + acks.get("late", 0)
+        others = ", ".join(f"{n} {a}" for a, n in acks.items() if a not in ("accepted", "late"))
+        print(f"receiver acknowledged {accepted} of {doc['n_volumes']} volumes as stored"
+              + (f" ({others})" if others else ""))
     return 0 if doc["status"] == "completed" else 1
 
 
@@ -190,14 +217,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 1
     try:
-        subject = make_subject(shape=args.shape, n_volumes=args.volumes, tr=args.tr,
-                               seed=args.seed, motion=args.motion)
+        if args.participant_model is not None:
+            from .participant import ParticipantModel, make_participant
+
+            if args.protocol is None:
+                raise ValueError("--participant-model needs --protocol FILE (its blocks "
+                                 "drive the participant).")
+            try:
+                model = ParticipantModel(kind=args.participant_model, run=args.participant_run)
+                subject = make_participant(args.protocol, model, shape=args.shape,
+                                           seed=args.seed, motion=args.motion)
+            except (OSError, KeyError, TypeError) as err:
+                raise ValueError(f"--protocol {args.protocol}: cannot read its session/"
+                                 f"blocks ({err!r}).") from err
+        else:
+            subject = make_subject(shape=args.shape, n_volumes=args.volumes, tr=args.tr,
+                                   seed=args.seed, motion=args.motion)
     except ValueError as err:
         parser.exit(2, f"error: {err}\n")
     written = write_subject(subject, args.out)
     shape = " x ".join(str(s) for s in subject.data.shape)
     print(f"Synthetic subject ({shape}, TR {subject.tr:g} s, seed {args.seed}"
-          f"{', with motion' if args.motion else ''}) written to {args.out}:")
+          f"{', with motion' if args.motion else ''}"
+          f"{', participant ' + args.participant_model if args.participant_model else ''}"
+          f") written to {args.out}:")
     for path in written.values():
         print(f"  {path}")
     return 0

@@ -10,11 +10,14 @@
   slice series as ``<series:06d>_<vol:06d>_<slice:04d>.dcm``). Every file is written
   directly under its final name in ``chunks`` pieces with ``chunk_pause`` seconds in
   between, so a watcher sees partial files, as on a real scanner (no rename trick).
-* to **TCP** (``tcp://HOST:PORT``): one frame per volume in the framing of
-  ``docs/tcp_protocol.md`` (implemented here independently of rtfb). The sender waits for
-  the receiver (``connect_timeout``), reconnects when the connection drops, and, since a
-  receiver closes the connection after a bad frame, closes and reopens it itself after
-  sending a truncated or corrupted frame. TCP output needs a NIfTI source.
+* to **TCP** (``tcp://HOST:PORT``): one frame per volume in framing version 2 of
+  ``docs/tcp_protocol.md`` (implemented here independently of rtfb), each frame tagged with
+  HMAC-SHA256 under the session's key (``key``: the bytes or the key file of
+  ``rtfb run --key FILE``). The sender waits for the receiver (``connect_timeout``),
+  reconnects when the connection drops, and, since a receiver closes the connection after a
+  bad frame, closes and reopens it itself after sending a truncated or corrupted frame. It
+  reads the receiver's signed acknowledgements and records, per frame, what the receiver
+  said became of it (``ack``). TCP output needs a NIfTI source.
 
 Looping: ``volumes=N`` plays the source's volumes again and again up to ``N`` volumes. For
 DICOM the looped copies get the continuing numbers (InstanceNumber; AcquisitionNumber
@@ -54,11 +57,14 @@ seconds, on :func:`time.perf_counter`); see :func:`stream` for the fields.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import heapq
+import hmac
 import io
 import json
 import os
 import re
+import select
 import socket
 import struct
 import threading
@@ -84,7 +90,9 @@ ACTIONS = {"drop": "dropped", "truncate": "truncated", "corrupt": "corrupted",
            "shuffle": "shuffled", "delay": "delayed", "duplicate": "duplicated"}
 MANIFEST_VERSION = 1
 TCP_MAGIC = b"RTFB"
-TCP_VERSION = 1
+TCP_VERSION = 2
+_TCP_NONCE = 16
+_TCP_HELLO = 24  # magic, version (u32 big-endian), nonce
 _TCP_DTYPES = {"<u1", "<i2", "<u2", "<i4", "<f4", "<f8"}
 _NIFTI_HEADER_BYTES = 348
 _DICOM_META_START = 128
@@ -101,8 +109,7 @@ class _Rendered:
     """One output volume, ready to send: files (name, bytes) or one TCP frame."""
 
     files: list[tuple[str, bytes]] = field(default_factory=list)
-    frame: bytes | None = None
-    header_bytes: int = 0  # TCP: bytes of magic + length + JSON header
+    frame: dict | None = None  # TCP: arguments of encode_frame (framed when sent)
 
 
 class NiftiSource:
@@ -158,11 +165,11 @@ class NiftiSource:
         return [(self.names(volume)[0], img.to_bytes())]
 
     def render_frame(self, volume: int, tr: float, acquisition_time: float | None,
-                     series: str | None) -> tuple[bytes, int]:
-        """TCP frame of output volume ``volume`` (1-based); also the header size."""
+                     series: str | None) -> dict:
+        """Arguments of :func:`encode_frame` for output volume ``volume`` (1-based)."""
         data = self.volume((volume - 1) % self.n_volumes)
-        return encode_frame(data, self.affine, volume - 1, tr=tr,
-                            acquisition_time=acquisition_time, series=series)
+        return dict(data=data, affine=self.affine, index=volume - 1, tr=tr,
+                    acquisition_time=acquisition_time, series=series)
 
 
 def _dicom_files(folder: Path):
@@ -347,18 +354,27 @@ def load_source(source: str | Path) -> NiftiSource | DicomSource:
 
 
 # ----------------------------------------------------------------------------------------
-# TCP framing (docs/tcp_protocol.md, version 1)
+# TCP framing (docs/tcp_protocol.md, version 2)
 # ----------------------------------------------------------------------------------------
+def _hmac(key: bytes, *parts: bytes):
+    mac = hmac.new(key, b"", hashlib.sha256)
+    for part in parts:
+        mac.update(part)
+    return mac
+
+
 def encode_frame(data: np.ndarray, affine: np.ndarray, index: int, *, tr: float | None,
-                 acquisition_time: float | None = None,
-                 series: str | None = None) -> tuple[bytes, int]:
-    """One TCP frame: magic, header length (u32 big-endian), JSON header, C-order payload.
+                 acquisition_time: float | None = None, series: str | None = None,
+                 key: bytes = b"", nonce: bytes = bytes(_TCP_NONCE),
+                 seq: int = 0) -> tuple[bytes, int]:
+    """One TCP frame: magic, header length (u32 big-endian), JSON header, header tag,
+    C-order payload, frame tag (HMAC-SHA256 with ``key`` and the connection's ``nonce``).
 
     Returns
     -------
     frame : bytes
     header_bytes : int
-        Bytes before the payload.
+        Bytes before the payload (prefix, header and header tag).
     """
     arr = np.asarray(data)
     if arr.ndim != 3:
@@ -370,6 +386,7 @@ def encode_frame(data: np.ndarray, affine: np.ndarray, index: int, *, tr: float 
     payload = arr.tobytes(order="C")
     header = {
         "version": TCP_VERSION,
+        "seq": int(seq),
         "index": int(index),
         "shape": [int(s) for s in arr.shape],
         "dtype": arr.dtype.str,
@@ -380,8 +397,23 @@ def encode_frame(data: np.ndarray, affine: np.ndarray, index: int, *, tr: float 
         "series": series,
     }
     head = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    prefix = TCP_MAGIC + struct.pack(">I", len(head)) + head
-    return prefix + payload, len(prefix)
+    prefix = TCP_MAGIC + struct.pack(">I", len(head))
+    head_tag = _hmac(key, b"rtfb tcp v2 header\0", nonce, prefix, head).digest()
+    frame_tag = _hmac(key, b"rtfb tcp v2 frame\0", nonce, prefix, head, payload).digest()
+    before = prefix + head + head_tag
+    return before + payload + frame_tag, len(before)
+
+
+def read_key(key: bytes | str | os.PathLike | None) -> bytes:
+    """The key as bytes: given, read from a key file (64 hex characters), or ``b""``."""
+    if key is None:
+        return b""
+    if isinstance(key, bytes):
+        return key
+    text = Path(key).read_text().strip()
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", text):
+        raise ValueError(f"key file {key} does not hold a key (64 hexadecimal characters).")
+    return bytes.fromhex(text)
 
 
 def _parse_tcp(to: str) -> tuple[str, int] | None:
@@ -531,26 +563,59 @@ class _FolderSink:
 
 
 class _TcpSink:
+    """Framing v2 sender: greeting, tagged frames, signed acknowledgements."""
+
     def __init__(self, host: str, port: int, connect_timeout: float,
-                 stop_event: threading.Event | None, log: Callable[[str], None]) -> None:
+                 stop_event: threading.Event | None, log: Callable[[str], None],
+                 key: bytes = b"") -> None:
         self.host, self.port = host, port
         self.connect_timeout = float(connect_timeout)
         self.stop_event = stop_event
         self.log = log
+        self.key = key
         self.sock: socket.socket | None = None
+        self.nonce = b""
+        self.seq = 0
         self.connections = 0
+        self._inbox = bytearray()
+        #: (connection, seq) -> volume index of the frames sent; -> ack when answered
+        self.sent: dict[tuple[int, int], int] = {}
+        self.acks: dict[tuple[int, int], dict] = {}
+        self.bad_acks = 0
 
-    def _peer_closed(self) -> bool:
-        # the stream is one-way: anything readable means EOF or an error
-        import select
-
-        try:
-            readable, _, _ = select.select([self.sock], [], [], 0)
-            if not readable:
+    def _read_acks(self, timeout: float = 0.0) -> bool:
+        """Read what the receiver sent; False when it closed the connection."""
+        deadline = time.monotonic() + timeout
+        while self.sock is not None:
+            if timeout > 0.0 and all(k in self.acks for k in self.sent
+                                     if k[0] == self.connections):
+                return True  # every complete frame of this connection is acknowledged
+            try:
+                readable, _, _ = select.select(
+                    [self.sock], [], [], max(0.0, deadline - time.monotonic()))
+                if not readable:
+                    return True
+                chunk = self.sock.recv(65536)
+            except OSError:
                 return False
-            return self.sock.recv(1, socket.MSG_PEEK) == b""
-        except OSError:
-            return True
+            if not chunk:
+                return False
+            self._inbox += chunk
+            while b"\n" in self._inbox:
+                line, _, rest = bytes(self._inbox).partition(b"\n")
+                self._inbox = bytearray(rest)
+                text, _, tag = line.rpartition(b" ")
+                expected = _hmac(self.key, b"rtfb tcp v2 ack\0", self.nonce,
+                                 text).hexdigest().encode()
+                try:
+                    ack = json.loads(text) if hmac.compare_digest(tag, expected) else None
+                except ValueError:
+                    ack = None
+                if not isinstance(ack, dict) or not isinstance(ack.get("seq"), int):
+                    self.bad_acks += 1
+                    continue
+                self.acks[(self.connections, ack["seq"])] = ack
+        return self.sock is not None
 
     def connect(self) -> bool:
         deadline = time.monotonic() + self.connect_timeout
@@ -560,6 +625,15 @@ class _TcpSink:
                 return False
             try:
                 sock = socket.create_connection((self.host, self.port), timeout=5.0)
+                hello = b""
+                while len(hello) < _TCP_HELLO:
+                    chunk = sock.recv(_TCP_HELLO - len(hello))
+                    if not chunk:
+                        raise ConnectionError("closed before its greeting")
+                    hello += chunk
+                if hello[:4] != TCP_MAGIC or struct.unpack(">I", hello[4:8])[0] != TCP_VERSION:
+                    sock.close()
+                    raise ConnectionError(f"not an rtfb framing v{TCP_VERSION} receiver")
             except OSError as err:
                 if time.monotonic() >= deadline:
                     self.log(f"cannot connect to tcp://{self.host}:{self.port}: {err}")
@@ -568,12 +642,15 @@ class _TcpSink:
                 delay = min(delay * 2, 0.5)
                 continue
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.sock = sock
+            self.sock, self.nonce, self.seq = sock, hello[8:], 0
+            self._inbox.clear()
             self.connections += 1
             return True
 
-    def close(self) -> None:
+    def close(self, wait_acks: float = 0.0) -> None:
         if self.sock is not None:
+            if wait_acks > 0:
+                self._read_acks(wait_acks)
             try:
                 self.sock.shutdown(socket.SHUT_RDWR)
             except OSError:
@@ -581,29 +658,41 @@ class _TcpSink:
             self.sock.close()
             self.sock = None
 
-    def deliver(self, name: str, content: bytes, limit: int, chunks: int,
-                pause: Callable[[], bool], retry: bool = True) -> dict:
+    def deliver(self, name: str, content: dict, limit: float, chunks: int,
+                pause: Callable[[], bool], retry: bool = True,
+                damage: Callable[[bytes, int], bytes] | None = None) -> dict:
+        """Frame ``content`` (encode_frame arguments) for the current connection and send
+        its first ``limit`` fraction of bytes (1.0: whole), ``damage``-d if given.
+        """
         resent = False
         for attempt in range(2 if retry else 1):
-            if self.sock is not None and self._peer_closed():
+            if self.sock is not None and not self._read_acks():
                 self.log("receiver closed the connection; reconnecting")
                 self.close()
             if self.sock is None and not self.connect():
                 return {"bytes_written": 0, "stopped": False, "error": "not connected",
-                        "connection": None, "resent": resent}
-            bounds = _chunk_bounds(len(content), chunks)
+                        "connection": None, "resent": resent, "size": 0}
+            frame, head = encode_frame(**content, key=self.key, nonce=self.nonce,
+                                       seq=self.seq)
+            if damage is not None:
+                frame = damage(frame, head)
+            size = len(frame)
+            stop_at = size if limit >= 1.0 else max(1, int(size * limit))
+            bounds = _chunk_bounds(size, chunks)
             sent = 0
+            key = (self.connections, self.seq)
+            self.seq += 1
             try:
                 for i in range(chunks):
-                    lo, hi = bounds[i], min(bounds[i + 1], limit)
+                    lo, hi = bounds[i], min(bounds[i + 1], stop_at)
                     if hi > lo:
-                        self.sock.sendall(memoryview(content)[lo:hi])
+                        self.sock.sendall(memoryview(frame)[lo:hi])
                         sent += hi - lo
-                    if hi >= limit or i == chunks - 1:
+                    if hi >= stop_at or i == chunks - 1:
                         break
                     if not pause():
-                        return {"bytes_written": sent, "stopped": True,
-                                "connection": self.connections, "resent": resent}
+                        return {"bytes_written": sent, "stopped": True, "size": size,
+                                "connection": key[0], "seq": key[1], "resent": resent}
             except OSError as err:
                 self.log(f"connection lost ({err}); reconnecting")
                 self.close()
@@ -611,9 +700,12 @@ class _TcpSink:
                     resent = True
                     continue
                 return {"bytes_written": sent, "stopped": False, "error": str(err),
-                        "connection": self.connections, "resent": resent}
-            return {"bytes_written": sent, "stopped": False,
-                    "connection": self.connections, "resent": resent}
+                        "size": size, "connection": key[0], "seq": key[1], "resent": resent}
+            if sent == size:
+                self.sent[key] = content["index"]
+            self._read_acks()
+            return {"bytes_written": sent, "stopped": False, "size": size,
+                    "connection": key[0], "seq": key[1], "resent": resent}
         raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -744,6 +836,8 @@ def stream(
     stop_event: threading.Event | None = None,
     connect_timeout: float = 10.0,
     series: str | None = None,
+    key: bytes | str | os.PathLike | None = None,
+    ack_timeout: float = 5.0,
     log: Callable[[str], None] | None = None,
     first_volume: int = 1,
 ) -> dict:
@@ -789,6 +883,12 @@ def stream(
         Seconds to wait for a TCP receiver at each (re)connection.
     series : str | None
         TCP ``series`` field (default: ``sim-<source name>``).
+    key : bytes | str | os.PathLike | None
+        TCP: the session's secret key, or its key file (``rtfb run --key FILE``); ``None``
+        for a receiver without key.
+    ack_timeout : float
+        TCP: seconds to wait for the receiver's outstanding acknowledgements before closing
+        a connection (after a damaged frame, and at the end).
     log : callable | None
         Called with one line per event (e.g. ``print``).
     first_volume : int
@@ -943,7 +1043,8 @@ def stream(
     doc["faults"]["requested"] = _json_faults(doc["faults"]["requested"])
 
     if tcp:
-        sink = _TcpSink(tcp[0], tcp[1], connect_timeout, stop_event, log)
+        sink = _TcpSink(tcp[0], tcp[1], connect_timeout, stop_event, log,
+                        key=read_key(key))
     else:
         sink = _FolderSink(Path(to))
         if any(Path(to).iterdir()):
@@ -960,8 +1061,7 @@ def stream(
             return prefetch.get(v)
         if v not in cache:
             acq = _seconds_after_midnight(doc["t0_unix"] + records[v - 1]["planned_time"])
-            frame, head = src.render_frame(v, tr, acq, series)
-            cache[v] = _Rendered(frame=frame, header_bytes=head)
+            cache[v] = _Rendered(frame=src.render_frame(v, tr, acq, series))
         return cache[v]
 
     def _release(v: int) -> None:
@@ -997,32 +1097,42 @@ def stream(
                 items = list(rendered.files)
             for j, (name, content) in enumerate(items):
                 last = j == len(items) - 1
-                limit = len(content)
                 kind = ev.kind
-                if kind == "truncate" and last:
-                    limit = max(1, int(len(content) * float(truncate_fraction)))
+                damage = None
                 if kind == "corrupt" and last:
                     rng = np.random.default_rng([*fault_rng_seed, ev.volume])
-                    content = _corrupt(content, corrupt_mode, rng,
-                                       "tcp" if tcp else src.kind, rendered.header_bytes)
+                    if tcp:  # the frame is built for its connection, then damaged
+                        def damage(frame, head, rng=rng):
+                            return _corrupt(frame, corrupt_mode, rng, "tcp", head)
+                    else:
+                        content = _corrupt(content, corrupt_mode, rng, src.kind)
+                if tcp:  # a fraction: the frame's size depends on the connection
+                    limit = float(truncate_fraction) if kind == "truncate" else 1.0
+                else:
+                    limit = len(content)
+                    if kind == "truncate" and last:
+                        limit = max(1, int(len(content) * float(truncate_fraction)))
                 if kind == "copy" and name is not None:
                     name = _copy_name(name)
                 started = clock.elapsed()
+                extra = {"damage": damage} if tcp else {}
                 res = sink.deliver(name, content, limit, chunks,
                                    lambda: clock.sleep_for(chunk_pause),
-                                   retry=kind not in ("truncate", "corrupt"))
+                                   retry=kind not in ("truncate", "corrupt"), **extra)
                 finished = clock.elapsed()
+                size = res["size"] if tcp else len(content)
                 write = {
                     "kind": kind if (last or kind in ("write", "rewrite", "copy")) else "write",
                     "file": name, "scheduled_time": round(ev.time, 6),
                     "started": round(started, 6), "finished": round(finished, 6),
                     "lateness": round(started - ev.time, 6) if j == 0 else None,
-                    "size": len(content),
+                    "size": size,
                     "bytes_written": res["bytes_written"],
-                    "complete": res["bytes_written"] == len(content),
+                    "complete": res["bytes_written"] == size,
                 }
                 if tcp:
-                    write.update(connection=res.get("connection"), resent=res.get("resent"))
+                    write.update(connection=res.get("connection"), seq=res.get("seq"),
+                                 resent=res.get("resent"), ack=None)
                     if res.get("error"):
                         write["error"] = res["error"]
                         if kind == "write":  # a failed second send leaves the first valid
@@ -1031,12 +1141,14 @@ def stream(
                 if name is not None:
                     doc["written"].append(name)
                 log(f"vol {ev.volume:5d} {write['kind']:8s} {name or 'frame'} "
-                    f"{res['bytes_written']}/{len(content)} B at {started:8.3f} s "
+                    f"{res['bytes_written']}/{size} B at {started:8.3f} s "
                     f"(+{1e3 * (started - ev.time):6.2f} ms)")
                 if res.get("stopped"):
                     raise _Stopped
             if tcp and ev.kind in ("truncate", "corrupt"):
-                sink.close()  # the receiver cannot re-synchronise; start a new connection
+                # the receiver cannot re-synchronise: collect the acknowledgements of the
+                # frames before, then start a new connection
+                sink.close(wait_acks=ack_timeout)
             remaining[ev.volume] -= 1
             if remaining[ev.volume] == 0:
                 _release(ev.volume)
@@ -1050,7 +1162,24 @@ def stream(
     finally:
         if prefetch is not None:
             prefetch.stop()
-        sink.close()
+        if tcp:
+            sink.close(wait_acks=ack_timeout if status == "completed" else 0.0)
+            counts: dict[str, int] = {}
+            for r in records:
+                for w in r["writes"]:
+                    if w.get("seq") is None:
+                        continue
+                    ack = sink.acks.get((w["connection"], w["seq"]))
+                    w["ack"] = None if ack is None else ack["status"]
+                    if w["complete"]:
+                        name = "unacknowledged" if ack is None else ack["status"]
+                        counts[name] = counts.get(name, 0) + 1
+                r["acknowledged"] = any(w.get("ack") in ("accepted", "late")
+                                        for w in r["writes"])
+            doc["acknowledged"] = counts
+            doc["bad_acks"] = sink.bad_acks
+        else:
+            sink.close()
         doc["status"] = status
         doc["timing"] = TimingReport.from_lateness(
             [w["lateness"] for r in records for w in r["writes"]

@@ -71,6 +71,10 @@ class SyntheticSubject:
         disjoint and inside ``mask``.
     truth : dict
         JSON-serialisable ground truth (see :func:`make_subject`).
+    series : dict of str to numpy.ndarray
+        Ground-truth voxel series (n_voxels, T) of the ``left_insula``, ``seed`` and
+        ``target`` ROIs: baseline + planted signals + thermal noise, without drift and
+        motion (what a perfect preprocessing would recover).
     """
 
     data: np.ndarray
@@ -78,6 +82,7 @@ class SyntheticSubject:
     mask: np.ndarray
     rois: dict[str, np.ndarray] = field(default_factory=dict)
     truth: dict = field(default_factory=dict)
+    series: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def tr(self) -> float:
@@ -227,6 +232,10 @@ def make_subject(
     max_translation: float = 3.0,
     max_rotation: float = 3.0,
     motion_step: float = 0.08,
+    alff_scale=None,
+    fc_z_shift=None,
+    psc_change=None,
+    signal_margin: int = 0,
 ) -> SyntheticSubject:
     """Generate a synthetic BOLD run with planted ALFF, seed-FC and ReHo effects.
 
@@ -270,6 +279,19 @@ def make_subject(
     motion_step : float
         Standard deviation of the random walk's steps per volume (mm, degrees) before
         smoothing; larger values reach the bounds sooner.
+    alff_scale : array-like, shape (n_volumes,) | None
+        Per-volume factor on the left-insula sinusoid's amplitude (a virtual participant
+        lowering its insula ALFF; see :mod:`simulator.participant`).
+    fc_z_shift : array-like, shape (n_volumes,) | None
+        Per-volume Fisher z added to ``fc_correlation``: the shared part of the seed and
+        target signals is weighted ``sqrt(|rho_t|)``, their own parts ``sqrt(1 - |rho_t|)``
+        with ``rho_t = tanh(arctanh(fc_correlation) + shift_t)``.
+    psc_change : array-like, shape (n_volumes,) | None
+        Per-volume percent signal change added to the left insula (of its baseline).
+    signal_margin : int
+        The ALFF, PSC and FC signals are planted in their ROI grown by this many voxels
+        (within the mask), so that the ROI's own voxels keep the whole signal when head
+        motion and realignment blur its edges (0: exactly in the ROI).
 
     Returns
     -------
@@ -325,17 +347,36 @@ def make_subject(
     # ALFF: sinusoid in the left insula
     phase = float(rng.uniform(0, 2 * np.pi))
     times = np.arange(n_volumes) * tr
+    margin = int(signal_margin)
+    if margin < 0:
+        raise ValueError(f"signal_margin must be >= 0 voxels, got {signal_margin!r}.")
+
+    def region(name):
+        if not margin:
+            return rois[name]
+        return ndimage.binary_dilation(rois[name], iterations=margin) & mask
+
     sinus = alff_amplitude * np.sin(2 * np.pi * alff_frequency * times + phase)
-    data[rois["left_insula"]] += sinus.astype(np.float32)
+    if alff_scale is not None:
+        sinus = sinus * _per_volume(alff_scale, n_volumes, "alff_scale")
+    data[region("left_insula")] += sinus.astype(np.float32)
+    if psc_change is not None:
+        change = _per_volume(psc_change, n_volumes, "psc_change") / 100.0
+        data[region("left_insula")] += (base[region("left_insula")][:, None]
+                                        * change.astype(np.float32))
 
     # seed FC: band-limited signals with an exact sample correlation
     shared, own_seed, own_target = _band_limited(rng, 3, n_volumes, tr, fc_band)
     rho = float(fc_correlation)
     w_shared, w_own = np.sqrt(abs(rho)), np.sqrt(1.0 - abs(rho))
+    if fc_z_shift is not None:
+        rho_t = np.tanh(np.arctanh(np.clip(rho, -0.999999, 0.999999))
+                        + _per_volume(fc_z_shift, n_volumes, "fc_z_shift"))
+        w_shared, w_own = np.sqrt(np.abs(rho_t)), np.sqrt(1.0 - np.abs(rho_t))
     seed_signal = fc_amplitude * (w_shared * shared + w_own * own_seed)
     target_signal = fc_amplitude * (np.sign(rho) * w_shared * shared + w_own * own_target)
-    data[rois["seed"]] += seed_signal.astype(np.float32)
-    data[rois["target"]] += target_signal.astype(np.float32)
+    data[region("seed")] += seed_signal.astype(np.float32)
+    data[region("target")] += target_signal.astype(np.float32)
 
     # ReHo: spatially smooth noise in the homogeneous region (bounding box, padded)
     homo = rois["homogeneous"]
@@ -355,7 +396,11 @@ def make_subject(
     data[box][sel] += np.float32(noise_sigma * np.sqrt(reho_fraction)) * inner[sel]
     neighbour_corr = float((kernel[1:] * kernel[:-1]).sum() / (kernel**2).sum())
 
-    # rigid motion, then thermal noise
+    # rigid motion, then thermal noise; the truth series lack drift and motion
+    tracked = ("left_insula", "seed", "target")
+    series = {name: (data[rois[name]] - np.outer(coef[0][rois[name]], u)
+                     - np.outer(coef[1][rois[name]], quad)).astype(np.float32)
+              for name in tracked}
     params = None
     if motion:
         params = _motion_trace(rng, n_volumes, float(max_translation), float(max_rotation),
@@ -364,7 +409,10 @@ def make_subject(
     noise_scale = np.full(shape, noise_sigma, dtype=np.float32)
     noise_scale[homo] *= np.float32(np.sqrt(1.0 - reho_fraction))
     for t in range(n_volumes):  # one volume at a time: bounded temporary memory
-        data[..., t] += noise_scale * rng.standard_normal(shape, dtype=np.float32)
+        noise = noise_scale * rng.standard_normal(shape, dtype=np.float32)
+        data[..., t] += noise
+        for name in tracked:
+            series[name][:, t] += noise[rois[name]]
 
     # expected values from the model (drift variance of a voxel at the nominal baseline)
     drift_var = (baseline * drift_fraction) ** 2 * (np.var(u) + np.var(quad))
@@ -384,6 +432,7 @@ def make_subject(
         "tr": tr,
         "voxel_size": zooms.tolist(),
         "seed": int(seed),
+        "signal_margin_voxels": margin,
         "baseline": float(baseline),
         "noise_sigma": float(noise_sigma),
         "drift_fraction": float(drift_fraction),
@@ -424,7 +473,16 @@ def make_subject(
             "step_sd": float(motion_step),
             "parameters": params.tolist(),
         }
-    return SyntheticSubject(data=data, affine=affine, mask=mask, rois=rois, truth=truth)
+    return SyntheticSubject(data=data, affine=affine, mask=mask, rois=rois, truth=truth,
+                            series=series)
+
+
+def _per_volume(values, n_volumes: int, name: str) -> np.ndarray:
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.shape != (n_volumes,) or not np.isfinite(arr).all():
+        raise ValueError(f"{name} must be {n_volumes} finite values (one per volume), got "
+                         f"shape {arr.shape}.")
+    return arr
 
 
 def write_subject(subject: SyntheticSubject, out_dir: str | Path) -> dict[str, Path]:
@@ -467,6 +525,9 @@ def write_subject(subject: SyntheticSubject, out_dir: str | Path) -> dict[str, P
     written["mask"] = _save(subject.mask, "mask.nii.gz", np.uint8)
     for name, roi in subject.rois.items():
         written[f"roi-{name}"] = _save(roi, f"roi-{name}.nii.gz", np.uint8)
+    if subject.series:
+        np.savez_compressed(out / "truth_series.npz", **subject.series)
+        written["truth_series"] = out / "truth_series.npz"
     truth_path = out / "truth.json"
     truth_path.write_text(json.dumps(subject.truth, indent=2) + "\n")
     written["truth"] = truth_path

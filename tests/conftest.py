@@ -33,3 +33,11 @@ def rng():
 @pytest.fixture
 def fake_fmri(rng):
     return generate_fake_fmri(rng=rng)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_key_dir(tmp_path_factory):
+    """Key files of sessions and displays (``RTFB_KEY_DIR``) go to a temporary folder."""
+    import os
+
+    os.environ["RTFB_KEY_DIR"] = str(tmp_path_factory.mktemp("rtfb-keys"))

@@ -1,3 +1,4 @@
+import json
 import re
 from pathlib import Path
 
@@ -57,6 +58,8 @@ def test_simulated_session_replay_and_report(tmp_path, capsys):
     assert any(v["feedback"] is not None for v in record.volumes)
     assert (session_dir / "protocol.toml").exists()
     assert (session_dir / "rois" / "roi-left_insula.nii.gz").exists()
+    truth = json.loads((session_dir / "simulation" / "truth.json").read_text())
+    assert truth["participant"]["kind"] == "responder"  # --simulate's default participant
 
     assert main(["replay", str(session_dir), "--out", str(tmp_path / "replay")]) == 0
     assert "identical to the original (bit for bit)" in capsys.readouterr().out
@@ -68,8 +71,12 @@ def test_monitoring_protocol_writes_change_maps(tmp_path, capsys):
     protocol = _short_protocol(tmp_path, "acupuncture_monitoring", volumes=90, window=20)
     out = tmp_path / "sessions"
     assert main(["run", str(protocol), "--simulate", "--quiet", "--out", str(out),
-                 "--speed", "100", "--shape", "20", "20", "12"]) == 0
+                 "--speed", "100", "--shape", "20", "20", "12",
+                 "--participant-model", "non-responder"]) == 0
     session_dir = next(out.glob("sub-anon_ses-*"))
+    truth = json.loads((session_dir / "simulation" / "truth.json").read_text())
+    assert truth["participant"]["kind"] == "non-responder"
+    assert set(truth["participant"]["alff_scale"]) == {1.0}
     maps = sorted(p.name for p in (session_dir / "maps").iterdir())
     assert any(m.startswith("alff-change_") for m in maps)
     assert any(m.startswith("reho-change_") for m in maps)
@@ -84,5 +91,6 @@ def test_run_usage_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["run"])
     assert "PROTOCOL" in capsys.readouterr().err
-    assert main(["report", str(tmp_path / "nothing")]) == 1
-    assert "not found" in capsys.readouterr().out
+    assert main(["report", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err
+    assert "not found" in err and "nothing" in err and "Traceback" not in err

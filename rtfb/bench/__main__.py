@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import analyze, fwe, ingest, metrics, preprocess, session
+from . import analyze, dashboard, fwe, ingest, metrics, preprocess, session
 
 BENCHMARKS = {"metrics": metrics, "ingest": ingest, "preprocess": preprocess,
-              "session": session, "fwe": fwe, "analyze": analyze}
+              "session": session, "fwe": fwe, "analyze": analyze, "dashboard": dashboard}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -119,8 +119,12 @@ def _hogs(n: int) -> list[subprocess.Popen]:
 
 
 def run_session(shape, n_subject: int, n_volumes: int, window: int, interval: float,
-                tmp: Path, hog: bool = False, rss_at: int = 300) -> dict:
-    """Stream and process one session; returns latencies (s) and memory figures."""
+                tmp: Path, hog: bool = False, rss_at: int = 300, attach=None) -> dict:
+    """Stream and process one session; returns latencies (s) and memory figures.
+
+    ``attach(session, publisher)`` (optional) runs once the publisher is up and returns a
+    ``detach()`` called after the session (e.g. the dashboard, ``rtfb.bench.dashboard``).
+    """
     from simulator import make_subject, write_subject
 
     from ..config import load_protocol
@@ -153,6 +157,7 @@ def run_session(shape, n_subject: int, n_volumes: int, window: int, interval: fl
                                on_sent=session.record_message) as publisher:
             session.publisher = publisher
             sub = _Subscriber(publisher.endpoint).start()
+            detach = attach(session, publisher) if attach is not None else None
             time.sleep(0.5)  # connected and subscribed before the first volume
             with FolderWatcher(export, gap_timeout=5.0, tr=interval) as watcher:
                 player = subprocess.Popen(
@@ -164,6 +169,8 @@ def run_session(shape, n_subject: int, n_volumes: int, window: int, interval: fl
                 player.wait(60)                          # simulator needs a few s to start
             time.sleep(0.3)
             sub.stop()
+            if detach is not None:
+                detach()
         session.close()
     finally:
         for h in hogs:

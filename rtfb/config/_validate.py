@@ -16,7 +16,30 @@ from typing import Any
 
 from ..exceptions import ProtocolError
 
-__all__ = ["REQUIRED", "Section", "describe", "join_key"]
+__all__ = ["LIMITS", "REQUIRED", "Section", "describe", "generic_key", "join_key"]
+
+#: Plausibility limits ``(minimum, maximum)`` (either may be ``None``) of numeric keys,
+#: applied on top of each key's own rule by :meth:`Section.number`, :meth:`Section.integer`
+#: and :meth:`Section.numbers`. They refuse values no session can use and that would make
+#: a session hang or exhaust memory (a 1e9 mm smoothing kernel, a million-volume window, a
+#: 1e-9 s cosine cutoff with billions of regressors). Keys are generic: ``blocks[]`` for
+#: every block, ``rois.*`` for every ROI. Documented in docs/protocols.md ("Limits").
+LIMITS: dict[str, tuple[float | None, float | None]] = {
+    "session.tr": (0.05, 60.0),
+    "session.volumes": (None, 100_000),
+    "blocks[].volumes": (None, 100_000),
+    "metric.window": (None, 10_000),
+    "metric.band": (None, 10.0),
+    "preprocess.smoothing_fwhm": (None, 30.0),
+    "preprocess.drift_order": (None, 10),
+    "preprocess.drift_cutoff": (10.0, 100_000.0),
+    "preprocess.glm_window": (None, 10_000),
+    "preprocess.fd_threshold": (None, 100.0),
+    "rois.*.mni_sphere.center": (-300.0, 300.0),
+    "rois.*.mni_sphere.radius": (None, 100.0),
+    "feedback.scale": (None, 1e6),
+    "output.write_maps_every": (None, 100_000),
+}
 
 
 class _Required:
@@ -31,6 +54,27 @@ REQUIRED: Any = _Required()
 def join_key(path: str, name: str) -> str:
     """Dotted key of ``name`` inside the table at ``path`` (``""`` = top level)."""
     return f"{path}.{name}" if path else name
+
+
+def generic_key(key: str) -> str:
+    """The :data:`LIMITS` key of a dotted key (``blocks[3].volumes`` -> ``blocks[].volumes``,
+    ``rois.insula.mni_sphere.radius`` -> ``rois.*.mni_sphere.radius``).
+    """
+    key = re.sub(r"\[\d+\]", "[]", key)
+    parts = key.split(".")
+    if len(parts) > 2 and parts[0] == "rois":
+        parts[1] = "*"
+    return ".".join(parts)
+
+
+def _check_limits(section: Section, name: str, values: Iterable[float],
+                  expected: str) -> None:
+    low, high = LIMITS.get(generic_key(section.key(name)), (None, None))
+    for x in values:
+        if (low is not None and x < low) or (high is not None and x > high):
+            rule = _bounds_text(ge=low, le=high).strip()
+            raise section.error(name, f"{_fmt(x)} is outside the plausible range ({rule}); "
+                                f"expected {expected}.")
 
 
 def _type_name(value: Any) -> str:
@@ -164,6 +208,7 @@ class Section:
             raise self._bad(name, expected, value)
         if not _in_bounds(value, gt, ge, lt, le):
             raise self.error(name, f"expected {expected}, got {_fmt(value)}.")
+        _check_limits(self, name, (value,), expected)
         return float(value)
 
     def integer(self, name: str, default: Any = REQUIRED, *, ge=None, le=None,
@@ -177,6 +222,7 @@ class Section:
             raise self._bad(name, expected, value)
         if not _in_bounds(value, ge=ge, le=le):
             raise self.error(name, f"expected {expected}, got {value}.")
+        _check_limits(self, name, (value,), expected)
         return int(value)
 
     def boolean(self, name: str, default: Any = REQUIRED) -> bool:
@@ -220,6 +266,7 @@ class Section:
                 or not all(_is_number(v) and math.isfinite(v)
                            and _in_bounds(v, gt, ge, lt, le) for v in value)):
             raise self._bad(name, expected, value)
+        _check_limits(self, name, value, expected)
         return tuple(float(v) for v in value)
 
     def strings(self, name: str, default: Any = REQUIRED, *,

@@ -51,9 +51,10 @@ __all__ = [
 
 NAME_PATTERN = r"[a-z0-9_]+"
 CONDITION_PATTERN = r"[A-Za-z0-9_-]+"
-METRIC_KINDS = ("psc", "alff", "falff", "reho", "seed_fc")
+METRIC_KINDS = ("psc", "alff", "falff", "reho", "seed_fc", "roi_fc")
 MAP_KINDS = ("alff", "falff", "reho")
-MIN_WINDOW = {"psc": 1, "alff": 3, "falff": 3, "reho": 2, "seed_fc": 3}
+MIN_WINDOW = {"psc": 1, "alff": 3, "falff": 3, "reho": 2, "seed_fc": 3, "roi_fc": 3}
+SCHEDULES = ("continuous", "intermittent")
 DRIFT_KINDS = ("legendre", "polynomial", "cosine", "none")
 GLM_MODES = ("cumulative", "sliding", "none")
 ZMQ_SCHEMES = ("tcp", "ipc", "inproc")
@@ -67,9 +68,10 @@ _PREPROCESS_KEYS = ("realign", "reference_volume", "interpolation", "smoothing_f
 _ROI_KEYS = ("file", "space", "mni_sphere", "simulator_roi")
 _SPHERE_KEYS = ("center", "radius")
 _METRIC_KEYS = ("kind", "roi", "seed", "target", "window", "band", "convention", "neighborhood",
-                "whole_brain", "maps")
+                "whole_brain", "maps", "subtract_roi")
 _FEEDBACK_KEYS = ("baseline", "direction", "change", "scale", "clip", "smoothing", "target",
-                  "max_delay")
+                  "schedule", "every", "sham", "shaping", "shaping_step", "shaping_success",
+                  "shaping_from", "max_delay")
 _OUTPUT_KEYS = ("zmq_address", "write_maps_every")
 
 
@@ -241,8 +243,9 @@ class MetricConfig:
 
     Attributes
     ----------
-    kind : {"psc", "alff", "falff", "reho", "seed_fc"}
-        Metric fed back.
+    kind : {"psc", "alff", "falff", "reho", "seed_fc", "roi_fc"}
+        Metric fed back (``roi_fc``: Fisher z between the seed ROI's and the target ROI's
+        mean series).
     window : int
         Sliding window in volumes.
     roi : str | None
@@ -260,6 +263,9 @@ class MetricConfig:
     maps : tuple of str
         Whole-brain maps among ``"alff"``, ``"falff"``, ``"reho"``; with a feedback
         baseline block, change maps are relative to the maps at the end of that block.
+    subtract_roi : str | None
+        ROI whose metric value is subtracted from ``roi``'s (ROI difference feedback, e.g.
+        left insula minus anterior cingulate); kinds psc, alff, falff, reho.
     """
 
     kind: str
@@ -272,11 +278,14 @@ class MetricConfig:
     neighborhood: int = 27
     whole_brain: bool = False
     maps: tuple[str, ...] = ()
+    subtract_roi: str | None = None
 
     @property
     def rois(self) -> tuple[str, ...]:
-        """Names of the ROIs the metric reads (``roi``, or ``seed`` and ``target``)."""
-        return (self.seed, self.target) if self.kind == "seed_fc" else (self.roi,)
+        """Names of the ROIs the metric reads (roi and subtract_roi, or seed and target)."""
+        if self.kind in ("seed_fc", "roi_fc"):
+            return (self.seed, self.target)
+        return (self.roi,) if self.subtract_roi is None else (self.roi, self.subtract_roi)
 
 
 @dataclass(frozen=True)
@@ -301,7 +310,21 @@ class FeedbackConfig:
     smoothing : float
         Weight of the new value in the exponential smoothing, in (0, 1] (1 = none).
     target : float
-        Target line position in [0, 1].
+        Target line position in [0, 1] (the starting one with ``shaping``).
+    schedule : {"continuous", "intermittent"}
+        When the bar is shown during feedback blocks (see ``rtfb.session.schedules``).
+    every : int
+        ``intermittent``: show every ``every``-th volume of a feedback block; 0 = once, at
+        its last volume.
+    sham : pathlib.Path | None
+        Session folder whose shown feedback series the participant sees instead (sham).
+    shaping : bool
+        Adapt the target after each feedback block.
+    shaping_step, shaping_success : float
+        Target change per block; fraction of the block's shown values at or above the
+        target that makes it harder.
+    shaping_from : pathlib.Path | None
+        Previous session of the same participant: start from the target it ended with.
     max_delay : float | None
         Seconds after its file was complete within which a feedback value may still be shown
         (older values are published flagged ``stale``, with no value); None: half a TR.
@@ -315,6 +338,13 @@ class FeedbackConfig:
     clip: tuple[float, float] = (0.0, 1.0)
     smoothing: float = 1.0
     target: float = 0.75
+    schedule: str = "continuous"
+    every: int = 0
+    sham: Path | None = None
+    shaping: bool = False
+    shaping_step: float = 0.05
+    shaping_success: float = 0.5
+    shaping_from: Path | None = None
     max_delay: float | None = None
 
 
@@ -434,6 +464,9 @@ def loads_protocol(text: str | bytes, source: str = "<string>",
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ProtocolError(source, None, f"invalid TOML: {err}.") from err
+    except RecursionError:
+        raise ProtocolError(source, None, "invalid TOML: arrays or tables nested too "
+                            "deeply.") from None
     return parse_protocol(data, source=source, base_dir=base_dir)
 
 
@@ -469,7 +502,7 @@ def parse_protocol(mapping: Mapping[str, Any], source: str = "<string>",
     rois = _parse_rois(top, base)
     metric = _parse_metric(top, session, rois)
     preprocess = _parse_preprocess(top, session, metric, base)
-    feedback = _parse_feedback(top, session, blocks, metric)
+    feedback = _parse_feedback(top, session, blocks, metric, base)
     output = _parse_output(top, metric)
     return Protocol(session=session, blocks=blocks, preprocess=preprocess, rois=rois,
                     metric=metric, feedback=feedback, output=output, source=source)
@@ -572,10 +605,11 @@ def _parse_metric(top: Section, session: SessionConfig,
     if whole_brain and not maps:
         raise sec.error("maps", 'whole_brain = true needs at least one map, e.g. ["alff"].')
     used = {kind, *maps}
-    fc = kind == "seed_fc"
-    sec.forbid_unless("roi", not fc, "kind is not 'seed_fc' (use seed and target)")
+    fc = kind in ("seed_fc", "roi_fc")
+    sec.forbid_unless("roi", not fc, f"kind is not {kind!r} (use seed and target)")
     for name in ("seed", "target"):
-        sec.forbid_unless(name, fc, "kind = 'seed_fc'")
+        sec.forbid_unless(name, fc, "kind = 'seed_fc' or 'roi_fc'")
+    sec.forbid_unless("subtract_roi", not fc, "kind is psc, alff, falff or reho")
     sec.forbid_unless("band", bool(used & {"alff", "falff"}),
                       "kind or maps include 'alff' or 'falff'")
     sec.forbid_unless("convention", bool(used & {"alff", "falff"}),
@@ -583,7 +617,8 @@ def _parse_metric(top: Section, session: SessionConfig,
     sec.forbid_unless("neighborhood", "reho" in used, "kind or maps include 'reho'")
     convention = sec.string("convention", "rtfb", choices=("rtfb", "dpabi"))
 
-    roi_names = ("seed", "target") if fc else ("roi",)
+    roi_names = ("seed", "target") if fc else (
+        ("roi", "subtract_roi") if sec.has("subtract_roi") else ("roi",))
     names = {}
     for key in roi_names:
         name = sec.string(key, what="an ROI name")
@@ -594,6 +629,8 @@ def _parse_metric(top: Section, session: SessionConfig,
         names[key] = name
     if fc and names["seed"] == names["target"]:
         raise sec.error("target", f"must differ from the seed ({names['seed']!r}).")
+    if names.get("subtract_roi") is not None and names["subtract_roi"] == names["roi"]:
+        raise sec.error("subtract_roi", f"must differ from roi ({names['roi']!r}).")
 
     minimum = max(MIN_WINDOW[k] for k in used)
     window = sec.integer("window", 64, ge=minimum, unit="volumes")
@@ -625,8 +662,8 @@ def _parse_metric(top: Section, session: SessionConfig,
         raise sec.error("neighborhood", f"expected one of 7, 19, 27, got {neighborhood}.")
     return MetricConfig(kind=kind, window=window, roi=names.get("roi"), seed=names.get("seed"),
                         target=names.get("target"), band=band, convention=convention,
-                        neighborhood=neighborhood,
-                        whole_brain=whole_brain, maps=maps)
+                        neighborhood=neighborhood, whole_brain=whole_brain, maps=maps,
+                        subtract_roi=names.get("subtract_roi"))
 
 
 def _parse_preprocess(top: Section, session: SessionConfig, metric: MetricConfig,
@@ -685,7 +722,7 @@ def _parse_preprocess(top: Section, session: SessionConfig, metric: MetricConfig
 
 
 def _parse_feedback(top: Section, session: SessionConfig, blocks: tuple[Block, ...],
-                    metric: MetricConfig) -> FeedbackConfig:
+                    metric: MetricConfig, base: Path | None = None) -> FeedbackConfig:
     sec = top.table("feedback", _FEEDBACK_KEYS)
     if sec is None:
         if session.participant_feedback:
@@ -714,7 +751,7 @@ def _parse_feedback(top: Section, session: SessionConfig, blocks: tuple[Block, .
                             f"baseline block (blocks[{block.index}], {block.condition!r}, "
                             f"{block.volumes} volumes) of feedback.baseline: the baseline "
                             f"maps would include other blocks.")
-    default_change = ("relative" if baseline_block is not None
+    default_change = ("relative" if baseline_block is not None and metric.subtract_roi is None
                       and metric.kind in ("alff", "falff", "reho") else "difference")
     change = sec.string("change", default_change, choices=("relative", "difference"))
     if change == "relative" and baseline_block is None:
@@ -727,10 +764,36 @@ def _parse_feedback(top: Section, session: SessionConfig, blocks: tuple[Block, .
     target = sec.number("target", 0.75, ge=0, le=1)
     if not clip[0] <= target <= clip[1]:
         raise sec.error("target", f"{target:g} lies outside clip = {list(clip)}.")
+    schedule = sec.string("schedule", "continuous", choices=SCHEDULES)
+    sec.forbid_unless("every", schedule == "intermittent", "schedule = 'intermittent'")
+    every = sec.integer("every", 0, ge=0, unit="volumes, 0 = once at the end of each "
+                                                "feedback block")
+    longest = max((b.volumes for b in blocks if b.feedback), default=0)
+    if every > longest:
+        raise sec.error("every", f"{every} volumes is longer than every feedback block "
+                        f"(longest: {longest}): the bar would never be shown.")
+    sham = None
+    if sec.has("sham"):
+        if not session.participant_feedback:
+            raise sec.error("sham", "a monitoring protocol (participant_feedback = false) "
+                            "shows nothing to sham.")
+        sham = _resolve_record(sec, "sham", base)
+    shaping = sec.boolean("shaping", False)
+    for name in ("shaping_step", "shaping_success", "shaping_from"):
+        sec.forbid_unless(name, shaping, "shaping = true")
+    if shaping and sham is not None:
+        raise sec.error("shaping", "true together with sham: a sham series does not depend "
+                        "on performance; use one of them.")
+    shaping_from = _resolve_record(sec, "shaping_from", base) if sec.has("shaping_from") \
+        else None
     return FeedbackConfig(
         direction=direction, baseline=baseline, baseline_block=baseline_block, change=change,
         scale=sec.number("scale", 1.0, gt=0), clip=clip,
         smoothing=sec.number("smoothing", 1.0, gt=0, le=1), target=target,
+        schedule=schedule, every=every, sham=sham, shaping=shaping,
+        shaping_step=sec.number("shaping_step", 0.05, gt=0, le=0.5),
+        shaping_success=sec.number("shaping_success", 0.5, gt=0, le=1),
+        shaping_from=shaping_from,
         max_delay=sec.number("max_delay", None, gt=0, unit="seconds"))
 
 
@@ -773,6 +836,19 @@ def _parse_baseline(sec: Section, name: str,
             return value, block.index
     conditions = ", ".join(dict.fromkeys(repr(b.condition) for b in blocks))
     raise sec.error(name, f"no block has condition {condition!r} (conditions: {conditions}).")
+
+
+def _resolve_record(sec: Section, name: str, base: Path) -> Path:
+    """A recorded session folder (relative paths against the protocol's folder)."""
+    value = sec.data[name]
+    if not isinstance(value, str) or not value:
+        raise sec.error(name, f"expected the path of a recorded session folder, got "
+                        f"{describe(value)}.")
+    path = Path(value).expanduser()
+    path = (path if path.is_absolute() else base / path).resolve()
+    if not (path / "volumes.jsonl").is_file():
+        raise sec.error(name, f"not a recorded session folder (no volumes.jsonl): {path}.")
+    return path
 
 
 def _resolve_file(sec: Section, name: str, base: Path,

@@ -38,13 +38,15 @@ class LiveDashboard:
         ROI the slices are cut through.
     accepting : callable | None
         Returns False once the session no longer takes commands.
+    key : bytes | None
+        The session's feedback key (messages not signed with it are not shown).
     """
 
     def __init__(self, session_dir, address: str, commands: CommandQueue, *,
                  port: int = DEFAULT_PORT, host: str = "127.0.0.1", roi: str | None = None,
-                 accepting: Callable[[], bool] | None = None):
+                 accepting: Callable[[], bool] | None = None, key: bytes | None = None):
         self.model = DashboardModel("live")
-        self.feed = LiveFeed(address, session_dir, self.model)
+        self.feed = LiveFeed(address, session_dir, self.model, key=key)
         self.server = DashboardServer(self.model, host, port, commands=commands,
                                       slices=SliceSource(session_dir, roi),
                                       allow_remote=not is_loopback(host), accepting=accepting)

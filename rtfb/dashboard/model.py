@@ -55,6 +55,8 @@ class DashboardModel:
         self.max_events = max_events
         self._lock = threading.Lock()
         self._rows: dict[int, dict[str, Any]] = {}
+        self._processed: set[int] = set()
+        self._counts: dict[str, int] = {}
         self._events: list[dict[str, Any]] = []
         self._event_keys: set[tuple] = set()
         self._info: dict[str, Any] = {}
@@ -139,8 +141,9 @@ class DashboardModel:
             self.n_messages += 1
             row = self._row(index)
             row.update(fields)
+            self._processed.add(index)
             self._last_index = max(self._last_index, index)
-            self._emit_locked({"type": "row", "row": dict(row)})
+            self._emit_locked({"type": "row", "row": dict(row), "status": self._status_locked()})
             qa = fields["qa"]
             if isinstance(qa, dict) and qa.get("spike"):
                 z = _finite(qa.get("dvars_z"))
@@ -177,10 +180,11 @@ class DashboardModel:
         with self._lock:
             row = self._row(index)
             row.update(fields)
+            self._processed.add(index)
             self._last_index = max(self._last_index, index)
             if fields["lat"] is not None:
                 self._latest_latency = fields["lat"]
-            self._emit_locked({"type": "row", "row": dict(row)})
+            self._emit_locked({"type": "row", "row": dict(row), "status": self._status_locked()})
             for flag in FLAG_EVENTS:
                 if flag in fields["rflags"]:
                     self._add_event_locked({"kind": flag, "index": index,
@@ -210,6 +214,8 @@ class DashboardModel:
         if key in self._event_keys:
             return
         self._event_keys.add(key)
+        kind = str(event.get("kind"))
+        self._counts[kind] = self._counts.get(kind, 0) + 1
         self._events.append(event)
         if len(self._events) > self.max_events:
             self._events.pop(0)
@@ -235,18 +241,17 @@ class DashboardModel:
 
     def _status_locked(self) -> dict[str, Any]:
         last = self._rows.get(self._last_index, {})
-        processed = sum(1 for r in self._rows.values() if "tp" in r or "lat" in r)
-        kinds = [e.get("kind") for e in self._events]
+        count = self._counts.get
         return {
             "session_id": self._info.get("session_id"), "mode": self.mode,
-            "processed": processed, "index": self._last_index if self._rows else None,
+            "processed": len(self._processed), "index": self._last_index if self._rows else None,
             "n_expected": self._info.get("n_expected"), "block": last.get("block"),
             "latency_ms": last.get("lat", self._latest_latency),
             "value": last.get("value"), "fd": last.get("fd"),
             "flags": sorted(set(last.get("flags", [])) | set(last.get("rflags", []))),
             "paused": self._paused, "done": self._done,
-            "missing": kinds.count("missing"), "late": kinds.count("late"),
-            "spikes": kinds.count("spike"), "marks": kinds.count("mark"),
+            "missing": count("missing", 0), "late": count("late", 0),
+            "spikes": count("spike", 0), "marks": count("mark", 0),
             "messages": self.n_messages,
             "time": time.time(),
         }

@@ -22,7 +22,9 @@ from typing import Any
 
 import zmq
 
-from ..feedback.messages import MessageError, decode
+from ..feedback.messages import MessageError
+from ..feedback.signing import verify_message
+from ..reporting import condition_colors
 from .model import DashboardModel
 
 __all__ = ["JsonlTail", "LiveFeed", "RecordFeed", "read_protocol_info", "replay_record"]
@@ -118,11 +120,35 @@ def read_protocol_info(session_dir) -> dict[str, Any]:
                     "feedback": bool(b.get("feedback", True))}
                    for b in proto.get("blocks", [])],
     }
-    for key in ("series_lock", "lock", "series"):
-        if isinstance(session.get(key), dict):
-            info["lock"] = session[key]
-            break
+    info["colors"] = condition_colors(b["condition"] for b in info["blocks"])
+    info["lock"] = _lock_info(session)
     return info
+
+
+def _lock_info(session: dict[str, Any]) -> dict[str, Any]:
+    """The series lock as the session recorded it: reference volume, geometry, TR."""
+    import numpy as np
+
+    lock: dict[str, Any] = {}
+    if session.get("reference_index") is not None:
+        lock["reference volume"] = session["reference_index"]
+    affine = session.get("affine")
+    try:
+        affine = np.asarray(affine, dtype=float)
+        if affine.shape == (4, 4):
+            import nibabel as nib
+
+            zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+            lock["voxel size (mm)"] = " x ".join(f"{z:.2f}" for z in zooms)
+            lock["orientation"] = "".join(nib.aff2axcodes(affine))
+    except (TypeError, ValueError):
+        pass
+    if session.get("max_delay") is not None:
+        lock["stale after (s)"] = session["max_delay"]
+    for key in ("series_lock", "series"):
+        if isinstance(session.get(key), dict):
+            lock.update(session[key])
+    return lock
 
 
 class RecordFeed:
@@ -202,11 +228,15 @@ class LiveFeed:
         The model to feed.
     poll_interval : float
         Seconds between record polls (also the longest wait for a message).
+    key : bytes | None
+        The session's feedback key: only messages signed with it are shown
+        (:func:`rtfb.feedback.signing.verify_message`); ``None`` reads unsigned ones too.
     """
 
     def __init__(self, address: str, session_dir, model: DashboardModel,
-                 poll_interval: float = 0.2):
+                 poll_interval: float = 0.2, key: bytes | None = None):
         self.address = address
+        self.key = key
         self.model = model
         self.record = RecordFeed(session_dir, model, messages=True)
         self.poll_interval = float(poll_interval)
@@ -263,7 +293,7 @@ class LiveFeed:
             except zmq.Again:
                 return
             try:
-                topic, message = decode(frames)
+                topic, message = verify_message(frames, self.key)
             except MessageError as err:
                 self.n_invalid += 1
                 logger.debug("dashboard: invalid message skipped: %s", err)

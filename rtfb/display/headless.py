@@ -16,7 +16,8 @@ from typing import Any
 
 import zmq
 
-from rtfb.feedback.messages import DEFAULT_ADDRESS, MessageError, decode
+from rtfb.feedback.messages import DEFAULT_ADDRESS, MessageError
+from rtfb.feedback.signing import MessageVerifier, SignatureError
 
 from .state import DisplayState, Snapshot
 
@@ -81,16 +82,21 @@ class HeadlessDisplay:
         Keep only the last ``max_records`` messages and snapshots (None: all).
     on_snapshot : callable | None
         ``on_snapshot(snapshot)`` called in the thread for every new snapshot.
+    key : bytes | str | os.PathLike | MessageVerifier | None
+        The session's key, or its key file: only messages signed with it are applied
+        (:class:`~rtfb.feedback.signing.MessageVerifier`). ``None`` applies unsigned ones.
 
     Attributes
     ----------
     n_invalid : int
         Messages that failed validation (logged and skipped).
+    n_rejected : int
+        Messages refused because their signature is missing or wrong.
     """
 
     def __init__(self, address: str = DEFAULT_ADDRESS, timeout: float | None = None, *,
                  poll_interval: float = 0.02, max_records: int | None = None,
-                 on_snapshot: Callable[[Snapshot], Any] | None = None):
+                 on_snapshot: Callable[[Snapshot], Any] | None = None, key: Any = None):
         if not isinstance(address, str) or "://" not in address:
             raise ValueError(f"address must be a ZeroMQ endpoint such as "
                              f"tcp://127.0.0.1:5556, got {address!r}.")
@@ -106,6 +112,7 @@ class HeadlessDisplay:
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self.n_invalid = 0
+        self.verifier = key if isinstance(key, MessageVerifier) else MessageVerifier(key)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -136,6 +143,11 @@ class HeadlessDisplay:
         self.stop()
 
     # ------------------------------------------------------------------ records
+
+    @property
+    def n_rejected(self) -> int:
+        """Messages refused for a missing or wrong signature."""
+        return self.verifier.n_rejected
 
     @property
     def messages(self) -> list[Received]:
@@ -234,7 +246,12 @@ class HeadlessDisplay:
                             break
                         received_at = time.time()
                         try:
-                            topic, message = decode(frames)
+                            topic, message = self.verifier.verify(frames)
+                        except SignatureError as err:
+                            n = self.verifier.n_rejected
+                            if n in (1, 10, 100) or n % 1000 == 0:
+                                logger.warning("message refused (%d so far): %s", n, err)
+                            continue
                         except MessageError as err:
                             self.n_invalid += 1
                             logger.warning("invalid message ignored: %s", err)

@@ -20,7 +20,8 @@ from typing import Any
 
 import zmq
 
-from rtfb.feedback.messages import DEFAULT_ADDRESS, MessageError, decode
+from rtfb.feedback.messages import DEFAULT_ADDRESS, MessageError
+from rtfb.feedback.signing import MessageVerifier, SignatureError
 
 from .headless import connect_subscriber
 from .state import DisplayState, Snapshot
@@ -157,7 +158,8 @@ def draw(win, stims: Stims, snapshot: Snapshot) -> None:
 def run_display(address: str = DEFAULT_ADDRESS, fullscr: bool = False, screen: int = 0,
                 size: Sequence[int] = (800, 600), *, timeout: float | None = None,
                 duration: float | None = None, quit_keys: Sequence[str] = ("escape",),
-                max_fps: float = 120.0, exit_on_end: bool = False) -> Snapshot:
+                max_fps: float = 120.0, exit_on_end: bool = False,
+                key: Any = None) -> Snapshot:
     """Show the feedback in a PsychoPy window until Esc (or ``duration``).
 
     Parameters
@@ -181,6 +183,9 @@ def run_display(address: str = DEFAULT_ADDRESS, fullscr: bool = False, screen: i
         (e.g. a virtual display), so the loop does not spin.
     exit_on_end : bool
         Close when the session ends (after drawing the end screen for 2 s).
+    key : bytes | str | os.PathLike | MessageVerifier | None
+        The session's key, or its key file: only messages signed with it are shown
+        (:class:`~rtfb.feedback.signing.MessageVerifier`). ``None`` shows unsigned ones.
 
     Returns
     -------
@@ -189,6 +194,7 @@ def run_display(address: str = DEFAULT_ADDRESS, fullscr: bool = False, screen: i
     """
     visual, event = import_psychopy()
     state = DisplayState(timeout=timeout)
+    verifier = key if isinstance(key, MessageVerifier) else MessageVerifier(key)
     ctx = zmq.Context()
     try:
         sock = connect_subscriber(ctx, address)
@@ -212,7 +218,12 @@ def run_display(address: str = DEFAULT_ADDRESS, fullscr: bool = False, screen: i
                 except zmq.Again:
                     break
                 try:
-                    topic, message = decode(frames)
+                    topic, message = verifier.verify(frames)
+                except SignatureError as err:
+                    if verifier.n_rejected in (1, 10, 100) or verifier.n_rejected % 1000 == 0:
+                        logger.warning("message refused (%d so far): %s", verifier.n_rejected,
+                                       err)
+                    continue
                 except MessageError as err:
                     logger.warning("invalid message ignored: %s", err)
                     continue

@@ -35,6 +35,7 @@ from .messages import (
     _topic_bytes,
     encode,
 )
+from .signing import sign_frames
 
 __all__ = ["DEFAULT_ADDRESS", "FeedbackPublisher", "check_bind_address"]
 
@@ -104,6 +105,10 @@ class FeedbackPublisher:
         (:attr:`session_id`).
     allow_remote : bool
         Allow binding a non-loopback interface.
+    key : bytes | None
+        Secret key of the session: every message gets a third frame, its HMAC-SHA256 tag
+        (:func:`rtfb.feedback.signing.sign_frames`), which displays verify. ``None`` sends
+        unsigned messages.
     on_sent : callable | None
         ``on_sent(topic, message)`` called in the publisher thread after each message is
         sent for the first time, with the topic as str and the message as the dict exactly
@@ -132,7 +137,7 @@ class FeedbackPublisher:
     """
 
     def __init__(self, address: str = DEFAULT_ADDRESS, session_id: str | None = None, *,
-                 allow_remote: bool = False,
+                 allow_remote: bool = False, key: bytes | None = None,
                  on_sent: Callable[[str, dict[str, Any]], Any] | None = None,
                  sndhwm: int = 1000, linger: float = 1.0, max_queue: int = 10000):
         self.address = check_bind_address(address, allow_remote)
@@ -141,6 +146,9 @@ class FeedbackPublisher:
         if not isinstance(session_id, str) or not session_id:
             raise ValueError(f"session_id must be a non-empty string, got {session_id!r}.")
         self.session_id = session_id
+        if key is not None and (not isinstance(key, bytes) or len(key) < 16):
+            raise ValueError("key must be bytes of length >= 16 (see rtfb._utils.keys).")
+        self.key = key
         if on_sent is not None and not callable(on_sent):
             raise TypeError("on_sent must be callable or None.")
         self.on_sent = on_sent
@@ -352,6 +360,8 @@ class FeedbackPublisher:
             # strictly increasing, even if the wall clock steps back: displays order by it
             self._last_stamp = max(self._clock(), self._last_stamp + 1e-6)
             frames = encode(topic, msg, time_published=self._last_stamp)
+            if self.key is not None:
+                frames = sign_frames(frames, self.key)
             try:
                 sock.send_multipart(frames, flags=zmq.NOBLOCK)
             except zmq.Again:

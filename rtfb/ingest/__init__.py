@@ -8,6 +8,7 @@ acquisition thread that hands volumes, in order, through a bounded queue, togeth
 """
 
 from .fileinfo import FileInfo
+from .names import install_name_filter
 from .ordering import Late, Missing
 from .read import iter_volumes, probe, read_dicom_slices, read_volume
 from .tcp import TCPReceiver, send_volume
@@ -28,3 +29,5 @@ __all__ = [
     "read_volume",
     "send_volume",
 ]
+
+install_name_filter()  # no file name that may identify a patient in a log line

@@ -16,17 +16,36 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..exceptions import IncompleteFileError, IngestError
+from .names import shown_name
 
 logger = logging.getLogger("rtfb.ingest")
 
-# "<anything>_<NNNNN>.ext" or "<anything>-<NNNNN>.ext": the trailing number of an export name
-_NUMBERED = re.compile(r"^(?P<prefix>.*?)[_-](?P<number>\d+)$")
+# "<anything>_<NNNNN>.ext" or "<anything>-<NNNNN>.ext": the trailing volume counter of an
+# export name, zero-padded to 3 digits or more (00001, 007) or of 4 digits or more. Shorter
+# numbers are not counters: dcm2niix's "%s_%e_%z" names end in the sequence name
+# ("..._epfid2d1_64": 64 is the matrix), and "run_2" is a run.
+_NUMBERED = re.compile(r"^(?P<prefix>.*?)[_-](?P<number>0\d{2,}|[1-9]\d{3,})$")
+#: Advice for formats rtfb cannot read: what works instead (dcm2niix is a Debian package).
+CONVERT_ADVICE = ("convert the series with dcm2niix (dcm2niix -o OUT FOLDER) and read the NIfTI "
+                  "with iter_volumes()")
 _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"|b'[^']*'")
 
 
 def file_name(path: str | os.PathLike) -> str:
-    """Base name of ``path`` (what messages and ``Volume.source`` show)."""
-    return Path(path).name
+    """Base name of ``path``, for messages.
+
+    The name is also noted (:func:`rtfb.ingest.names.shown_name`), so that the rtfb loggers
+    show a name that may identify a patient as its hash key; ``Volume.source`` is given the
+    shown name (:func:`source_name`).
+    """
+    name = Path(path).name
+    shown_name(name)
+    return name
+
+
+def source_name(name: str) -> str:
+    """What ``Volume.source`` holds for a file named ``name`` (see :mod:`rtfb.ingest.names`)."""
+    return shown_name(name)
 
 
 def check_file(path: str | os.PathLike) -> Path:
@@ -38,16 +57,17 @@ def check_file(path: str | os.PathLike) -> Path:
         Missing, not a regular file, or empty (0 bytes).
     """
     path = Path(path)
+    shown_name(path.name)  # noted for the log filter (rtfb.ingest.names)
     try:
         size = path.stat().st_size
     except FileNotFoundError:
-        raise IngestError(f"{path.name}: no such file.") from None
+        raise IngestError(f"{file_name(path)}: no such file.") from None
     except OSError as err:
-        raise IngestError(f"{path.name}: cannot access the file ({err.strerror}).") from None
+        raise IngestError(f"{file_name(path)}: cannot access the file ({err.strerror}).") from None
     if not path.is_file():
-        raise IngestError(f"{path.name}: not a regular file.")
+        raise IngestError(f"{file_name(path)}: not a regular file.")
     if size == 0:
-        raise IngestError(f"{path.name}: empty file (0 bytes).")
+        raise IngestError(f"{file_name(path)}: empty file (0 bytes).")
     return path
 
 
@@ -57,7 +77,7 @@ def read_head(path: Path, n_bytes: int = 1024) -> bytes:
         with open(path, "rb") as fobj:
             return fobj.read(n_bytes)
     except OSError as err:
-        raise IngestError(f"{path.name}: cannot read the file ({err.strerror}).") from None
+        raise IngestError(f"{file_name(path)}: cannot read the file ({err.strerror}).") from None
 
 
 def incomplete(name: str, what: str, expected: int, present: int) -> IncompleteFileError:
@@ -133,7 +153,8 @@ def split_numbered_name(name: str, suffixes: tuple[str, ...]) -> tuple[str, int 
     """Split ``"<prefix>_<NNNNN><suffix>"`` into ``(prefix, NNNNN)``.
 
     ``suffixes`` are the extensions to strip (case-insensitive, longest first). Names without
-    a trailing ``_<digits>`` or ``-<digits>`` give ``(stem, None)``.
+    a trailing volume counter (``_`` or ``-`` then 3+ digits zero-padded, or 4+ digits) give
+    ``(stem, None)``: a short number (``_64``, ``_2``) is part of the name, not a counter.
     """
     stem = name
     for suffix in sorted(suffixes, key=len, reverse=True):

@@ -32,13 +32,18 @@ class FileInfo:
         0-based number of the (first) volume in the run; the rule per format is documented in
         :func:`rtfb.ingest.read.probe`.
     n_parts : int
-        Number of slice files that make up the volume (1 for whole-volume files).
+        Number of slice files that make up the volume (1 for whole-volume files); 0 for a
+        slice of a classic series whose header does not say how many slices a volume has
+        (the watcher learns it from the first complete volume).
     part : int
         1-based slice number of this file within its volume (1 for whole-volume files). It
         only tells the parts apart: slices are stacked by position, not by this number.
+        When ``n_parts`` is 0 it may be any number unique within the volume.
     n_volumes : int
         Number of volumes the file holds (> 1 for a 4D NIfTI or a multi-dynamic PAR/REC,
         which are read with :func:`~rtfb.ingest.read.iter_volumes`).
+    position : float | None
+        For a slice: its position along the slice normal (mm), else None.
     study_uid, series_uid, series_number : str | None
         Identity fields of formats that have them (DICOM StudyInstanceUID,
         SeriesInstanceUID, SeriesNumber), compared by the series lock
@@ -52,6 +57,7 @@ class FileInfo:
     n_parts: int = 1
     part: int = 1
     n_volumes: int = 1
+    position: float | None = None
     study_uid: str | None = None
     series_uid: str | None = None
     series_number: str | None = None
@@ -60,12 +66,12 @@ class FileInfo:
         object.__setattr__(self, "path", Path(self.path))
         if self.kind not in KINDS:
             raise ValueError(f"FileInfo.kind must be one of {KINDS}, got {self.kind!r}.")
-        for name, minimum in (("index", 0), ("n_parts", 1), ("part", 1), ("n_volumes", 1)):
+        for name, minimum in (("index", 0), ("n_parts", 0), ("part", 1), ("n_volumes", 1)):
             value = getattr(self, name)
             if int(value) != value or value < minimum:
                 raise ValueError(f"FileInfo.{name} must be an integer >= {minimum}, got "
                                  f"{value!r} ({self.path.name}).")
             object.__setattr__(self, name, int(value))
-        if self.part > self.n_parts:
+        if self.n_parts and self.part > self.n_parts:
             raise ValueError(f"FileInfo.part {self.part} > n_parts {self.n_parts} "
                              f"({self.path.name}).")

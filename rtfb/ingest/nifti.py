@@ -9,11 +9,14 @@ hold a whole gzip stream that decompresses to that size; otherwise
 Volume numbers
 --------------
 Files exported one per volume are named ``<anything>_<NNNNN>.nii[.gz]`` or
-``<anything>-<NNNNN>.nii[.gz]``, the trailing integer being the **1-based** volume number:
-``Volume.index`` is that number - 1 (``func_00001.nii`` is volume 0). A file name without
-such a number gives index 0. In a 4D file volume ``t`` (0-based) gets index
-``base + t``, ``base`` being the file's own index. The series key is a short hash of the
-name before the number (non-identifying, shared by all files of one export).
+``<anything>-<NNNNN>.nii[.gz]``, the trailing counter being the **1-based** volume number:
+``Volume.index`` is that number - 1 (``func_00001.nii`` is volume 0). Only a zero-padded
+number of 3 digits or more, or a number of 4 digits or more, is a counter: a file name without
+one (``single.nii``, dcm2niix's ``..._epfid2d1_64.nii.gz``) gives index 0. In a 4D file volume
+``t`` (0-based) gets index ``base + t``, ``base`` being the file's own index. The series key
+is a short hash of the name before the number (non-identifying, shared by all files of one
+export). Slice times coded in the header (slice_code, slice_duration) are kept only when they
+are not all zero and lie within [0, TR).
 
 Voxel data are kept in the file's storage order (scaled by ``scl_slope``/``scl_inter``,
 float32); the affine is nibabel's (sform, else qform), RAS+ mm (converted to mm when
@@ -39,12 +42,15 @@ from ._files import (
     captured_warnings,
     check_file,
     describe_error,
+    file_name,
     incomplete,
     read_head,
     reading,
     short_hash,
+    source_name,
     split_numbered_name,
 )
+from ._timing import checked_slice_timing
 from .fileinfo import FileInfo
 from .volume import Volume
 
@@ -93,9 +99,10 @@ def gzip_peek(path: Path, n_bytes: int) -> tuple[bytes, bool]:
                 while decomp.unconsumed_tail and len(out) < n_bytes:
                     out += decomp.decompress(decomp.unconsumed_tail, n_bytes - len(out))
     except OSError as err:
-        raise IngestError(f"{path.name}: cannot read the file ({err.strerror}).") from None
+        raise IngestError(f"{file_name(path)}: cannot read the file ({err.strerror}).") from None
     except zlib.error as err:
-        raise IngestError(f"{path.name}: corrupt gzip data ({describe_error(err)}).") from None
+        raise IngestError(f"{file_name(path)}: corrupt gzip data "
+                          f"({describe_error(err)}).") from None
     return out[:n_bytes], False
 
 
@@ -107,7 +114,7 @@ def _gunzip(path: Path) -> tuple[bytes, bool]:
     try:
         compressed = path.read_bytes()
     except OSError as err:
-        raise IngestError(f"{path.name}: cannot read the file ({err.strerror}).") from None
+        raise IngestError(f"{file_name(path)}: cannot read the file ({err.strerror}).") from None
     out = []
     complete = False
     data = compressed
@@ -121,7 +128,8 @@ def _gunzip(path: Path) -> tuple[bytes, bool]:
             complete = True
             data = decomp.unused_data
     except zlib.error as err:
-        raise IngestError(f"{path.name}: corrupt gzip data ({describe_error(err)}).") from None
+        raise IngestError(f"{file_name(path)}: corrupt gzip data "
+                          f"({describe_error(err)}).") from None
     return b"".join(out), complete
 
 
@@ -192,7 +200,7 @@ def _expected_bytes(name: str, header: Any) -> int:
 
 def _open(path: str | os.PathLike) -> _Opened:
     path = check_file(path)
-    name = path.name
+    name = file_name(path)
     head = read_head(path, 540)
     if head[:2] == GZIP_MAGIC:
         raw, complete = _gunzip(path)
@@ -260,7 +268,8 @@ def _affine_mm(header: Any, affine: np.ndarray) -> np.ndarray:
     return affine
 
 
-def _slice_timing(header: Any) -> list[float] | None:
+def _slice_timing(header: Any, tr: float | None, name: str) -> list[float] | None:
+    """Slice times from the NIfTI header; None if not coded, all zero or not within [0, TR)."""
     try:
         _, _, slice_dim = header.get_dim_info()
         if slice_dim != 2:
@@ -270,11 +279,11 @@ def _slice_timing(header: Any) -> list[float] | None:
         return None
     if times is None or any(t is None for t in times):
         return None
-    return [round(float(t), 6) for t in times]
+    return checked_slice_timing(times, tr, name)
 
 
 def _volumes(path: str | os.PathLike, *, single: bool) -> Iterator[Volume]:
-    name = Path(path).name
+    name = file_name(path)
     with reading(name):
         opened = _open(path)
         image = opened.image
@@ -283,7 +292,7 @@ def _volumes(path: str | os.PathLike, *, single: bool) -> Iterator[Volume]:
         if single and n_volumes > 1:
             raise IngestError(f"{name}: 4D NIfTI holding {n_volumes} volumes; read it with "
                               f"iter_volumes(), read_volume() reads one volume.")
-        base, series = _index_base(name)
+        base, series = _index_base(Path(path).name)
         affine = _affine_mm(header, np.asarray(image.affine, dtype=np.float64))
         if not np.isfinite(affine).all():
             raise IngestError(f"{name}: the NIfTI affine (sform/qform) is not finite.")
@@ -291,7 +300,7 @@ def _volumes(path: str | os.PathLike, *, single: bool) -> Iterator[Volume]:
         info: dict[str, Any] = {"format": opened.fmt, "NumberOfSlices": spatial[2]}
         if tr is not None:
             info["RepetitionTime"] = tr
-        timing = _slice_timing(header)
+        timing = _slice_timing(header, tr, name)
         if timing is not None and len(timing) == spatial[2]:
             info["SliceTiming"] = timing
         proxy = image.dataobj
@@ -308,7 +317,7 @@ def _volumes(path: str | os.PathLike, *, single: bool) -> Iterator[Volume]:
         except Exception as err:  # noqa: BLE001
             raise IngestError(f"{name}: cannot read volume {t} ({describe_error(err)}).") \
                 from None
-        yield Volume(data=data, affine=affine, index=base + t, tr=tr, source=name,
+        yield Volume(data=data, affine=affine, index=base + t, tr=tr, source=source_name(name),
                      series=series, header=info)
 
 
@@ -353,7 +362,7 @@ def iter_nifti_volumes(path: str | os.PathLike) -> Iterator[Volume]:
 
 def probe_nifti(path: str | os.PathLike) -> FileInfo:
     """Header-only look at a NIfTI file (see :func:`rtfb.ingest.read.probe`)."""
-    with reading(Path(path).name):
+    with reading(file_name(path)):
         return _probe_nifti(path)
 
 
@@ -364,7 +373,7 @@ def _probe_nifti(path: str | os.PathLike) -> FileInfo:
     if head[:2] == GZIP_MAGIC:
         head, _ = gzip_peek(path, 540)
         available = len(head)
-    header = _parse_header(path.name, head, available)
-    _, n_volumes = _shape(path.name, header)
+    header = _parse_header(file_name(path), head, available)
+    _, n_volumes = _shape(file_name(path), header)
     base, series = _index_base(path.name)
     return FileInfo(path, "volume", series, base, n_volumes=n_volumes)

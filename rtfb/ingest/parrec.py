@@ -43,9 +43,11 @@ from ._files import (
     captured_warnings,
     check_file,
     describe_error,
+    file_name,
     incomplete,
     reading,
     short_hash,
+    source_name,
     split_numbered_name,
 )
 from .fileinfo import FileInfo
@@ -79,7 +81,7 @@ def parrec_pair(path: str | os.PathLike) -> tuple[Path, Path]:
     path = Path(path)
     suffix = path.suffix
     if suffix.lower() not in PARREC_SUFFIXES:
-        raise IngestError(f"{path.name}: not a .par or .rec file.")
+        raise IngestError(f"{file_name(path)}: not a .par or .rec file.")
     want = ".rec" if suffix.lower() == ".par" else ".par"
     upper = suffix.isupper()
     partner = path.with_suffix(want.upper() if upper else want)
@@ -92,17 +94,17 @@ def parrec_pair(path: str | os.PathLike) -> tuple[Path, Path]:
 
 def _read_par(par: Path) -> bytes:
     if not par.exists():
-        raise IncompleteFileError(f"{par.name}: incomplete PAR/REC pair: the .par header is "
+        raise IncompleteFileError(f"{file_name(par)}: incomplete PAR/REC pair: the .par header is "
                                   f"not there yet.")
     check_file(par)
     try:
         text = par.read_bytes()
     except OSError as err:
-        raise IngestError(f"{par.name}: cannot read the file ({err.strerror}).") from None
+        raise IngestError(f"{file_name(par)}: cannot read the file ({err.strerror}).") from None
     if b"DATA DESCRIPTION FILE" not in text[:2000] and b"IMAGE INFORMATION" not in text:
-        raise IngestError(f"{par.name}: not a Philips PAR header.")
+        raise IngestError(f"{file_name(par)}: not a Philips PAR header.")
     if _END_MARK not in text:
-        raise IncompleteFileError(f"{par.name}: incomplete file: the PAR header ends after "
+        raise IncompleteFileError(f"{file_name(par)}: incomplete file: the PAR header ends after "
                                   f"{len(text)} bytes, before its '{_END_MARK.decode()}' "
                                   f"line.")
     return text
@@ -110,12 +112,13 @@ def _read_par(par: Path) -> bytes:
 
 def _header(par: Path, text: bytes) -> Any:
     try:
-        with captured_warnings(par.name):
+        with captured_warnings(file_name(par)):
             fobj = io.StringIO(text.decode("latin-1"))
             return parrec.PARRECHeader.from_fileobj(fobj, permit_truncated=False,
                                                     strict_sort=True)
     except Exception as err:  # noqa: BLE001 - nibabel raises several types on bad headers
-        raise IngestError(f"{par.name}: invalid PAR header ({describe_error(err)}).") from None
+        raise IngestError(f"{file_name(par)}: invalid PAR header "
+                          f"({describe_error(err)}).") from None
 
 
 def _expected_rec_bytes(header: Any) -> int:
@@ -178,19 +181,19 @@ def _series(par: Path) -> str:
 
 
 def _volumes(path: str | os.PathLike, *, single: bool) -> Iterator[Volume]:
-    with reading(Path(path).name):
+    with reading(file_name(path)):
         check_file(path)
         par, rec = parrec_pair(path)
         text = _read_par(par)
         header = _header(par, text)
-        name = par.name
+        name = file_name(par)
         if not rec.exists():
-            raise IncompleteFileError(f"{rec.name}: incomplete PAR/REC pair: the .rec image file "
-                                      f"is not there yet.")
+            raise IncompleteFileError(f"{file_name(rec)}: incomplete PAR/REC pair: the .rec "
+                                      "image file is not there yet.")
         expected = _expected_rec_bytes(header)
         present = rec.stat().st_size
         if present < expected:
-            raise incomplete(rec.name, "REC image data shorter than its PAR header says",
+            raise incomplete(file_name(rec), "REC image data shorter than its PAR header says",
                              expected, present)
         chosen = _selected(header, name)
         if single and len(chosen) > 1:
@@ -203,7 +206,7 @@ def _volumes(path: str | os.PathLike, *, single: bool) -> Iterator[Volume]:
     try:
         fobj = open(rec, "rb")  # closed by the with block below
     except OSError as err:
-        raise IngestError(f"{rec.name}: cannot read the file ({err.strerror}).") from None
+        raise IngestError(f"{file_name(rec)}: cannot read the file ({err.strerror}).") from None
     with fobj:
         try:
             with captured_warnings(name):
@@ -231,8 +234,8 @@ def _volumes(path: str | os.PathLike, *, single: bool) -> Iterator[Volume]:
                 raise IngestError(f"{name}: cannot read dynamic {dynamic} "
                                   f"({describe_error(err)}).") from None
             yield Volume(data=data, affine=affine,
-                         index=_index(general, dynamic, len(chosen)), tr=tr, source=name,
-                         series=series, header=info)
+                         index=_index(general, dynamic, len(chosen)), tr=tr,
+                         source=source_name(name), series=series, header=info)
 
 
 def _info(header: Any, tr: float | None) -> dict[str, Any]:
@@ -284,7 +287,7 @@ def probe_parrec(path: str | os.PathLike) -> FileInfo:
 
     Only the .par is read; ``FileInfo.path`` is the .par whichever file was given.
     """
-    with reading(Path(path).name):
+    with reading(file_name(path)):
         return _probe_parrec(path)
 
 
@@ -292,7 +295,7 @@ def _probe_parrec(path: str | os.PathLike) -> FileInfo:
     check_file(path)
     par, _ = parrec_pair(path)
     header = _header(par, _read_par(par))
-    chosen = _selected(header, par.name)
+    chosen = _selected(header, file_name(par))
     first = chosen[0][1]
     return FileInfo(par, "volume", _series(par), _index(header.general_info, first,
                                                         len(chosen)),

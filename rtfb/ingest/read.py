@@ -36,11 +36,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 from ..exceptions import IncompleteFileError, IngestError
-from ._files import check_file, read_head, reading
-from .dicom import has_dicm_magic, is_dicom, probe_dicom, read_dicom, read_dicom_slices
+from ._files import check_file, file_name, read_head, reading
+from .dicom import (
+    has_dicm_magic,
+    is_dicom,
+    iter_dicom_volumes,
+    probe_dicom,
+    read_dicom,
+    read_dicom_slices,
+)
 from .fileinfo import FileInfo
 from .nifti import GZIP_MAGIC, gzip_peek, is_nifti, iter_nifti_volumes, probe_nifti, read_nifti
 from .parrec import is_parrec, iter_parrec_volumes, probe_parrec, read_parrec
@@ -66,7 +72,7 @@ def detect_format(path: str | os.PathLike) -> str:
     """
     if is_parrec(path):  # a .rec may not exist yet when its .par is probed: check the pair
         return "parrec"
-    with reading(Path(path).name):
+    with reading(file_name(path)):
         return _detect_format(path)
 
 
@@ -80,22 +86,22 @@ def _detect_format(path: str | os.PathLike) -> str:
         if is_nifti(path):
             return "nifti"
         if cut and len(inner) < 4:
-            raise IncompleteFileError(f"{path.name}: incomplete file: gzip data too short to "
+            raise IncompleteFileError(f"{file_name(path)}: incomplete file: gzip data too short to "
                                       f"recognise its header yet.")
-        raise IngestError(f"{path.name}: unsupported file: gzip data that is not a NIfTI-1/2 "
+        raise IngestError(f"{file_name(path)}: unsupported file: gzip data that is not a NIfTI-1/2 "
                           f"image.")
     if is_nifti(path):
         return "nifti"
     if is_dicom(path):
         return "dicom"
     if head.startswith(b"# === DATA DESCRIPTION FILE"):
-        raise IngestError(f"{path.name}: a Philips PAR header without the .par extension; "
+        raise IngestError(f"{file_name(path)}: a Philips PAR header without the .par extension; "
                           f"rename it so that its .rec partner can be found.")
     if len(head) < 132 and path.name.lower().endswith(_IMAGE_SUFFIXES):
-        raise IncompleteFileError(f"{path.name}: incomplete file: only {len(head)} bytes, too "
-                                  f"short to recognise its header yet.")
-    raise IngestError(f"{path.name}: unsupported or corrupt file: not DICOM (no 'DICM' prefix "
-                      f"and no DICOM attributes), not NIfTI-1/2 and not PAR/REC.")
+        raise IncompleteFileError(f"{file_name(path)}: incomplete file: only {len(head)} bytes, "
+                                  f"too short to recognise its header yet.")
+    raise IngestError(f"{file_name(path)}: unsupported or corrupt file: not DICOM (no 'DICM' "
+                      f"prefix and no DICOM attributes), not NIfTI-1/2 and not PAR/REC.")
 
 
 def read_volume(path: str | os.PathLike) -> Volume:
@@ -140,7 +146,7 @@ def iter_volumes(path: str | os.PathLike) -> Iterator[Volume]:
     elif fmt == "parrec":
         yield from iter_parrec_volumes(path)
     else:
-        yield read_dicom(path)
+        yield from iter_dicom_volumes(path)
 
 
 def probe(path: str | os.PathLike) -> FileInfo:

@@ -1,249 +1,141 @@
-"""TCP volume stream (framing version 1, ``docs/tcp_protocol.md``): receiver and client helper.
+"""TCP volume receiver (framing version 2, ``docs/tcp_protocol.md``).
 
 :class:`TCPReceiver` runs one acquisition thread that serves every connection with
-:mod:`selectors` (non-blocking sockets, at most ``max_connections`` at once), parses frames
-incrementally, validates each header before allocating its payload (never more than
-``max_bytes``), reads payloads straight into their buffer in chunks of at most 1 MiB, and
+:mod:`selectors` (non-blocking sockets). It greets each connection with a random nonce,
+checks the HMAC tag of every header before allocating anything for its payload, reads
+payloads straight into their buffer in chunks of at most 1 MiB, checks the frame's tag, and
 hands the volumes, ordered by index like the folder watcher
 (:class:`~rtfb.ingest.ordering.VolumeOrderer`), through a bounded queue to the processing
-thread. A frame that breaks the protocol is refused with one log line naming the peer and the
-problem, and its connection is closed; the receiver keeps serving.
+thread. It answers every authenticated frame with a signed acknowledgement saying what
+became of it. A frame that breaks the protocol or fails its tag is refused with one log line
+naming the peer and the problem, never stored, and its connection is closed; the receiver
+keeps serving.
 
-:func:`send_volume` and :func:`encode_frame` implement the sending side.
+Resources are bounded whatever clients do: a connection must authenticate (send a header
+with a valid tag) within ``auth_timeout`` seconds; a connection that stops sending mid-frame
+is closed after ``idle_timeout`` seconds; when every slot is taken, a new connection evicts
+the oldest one that has not authenticated, so idle or hostile clients cannot lock out the
+scanner; a payload larger than the locked geometry (the first volume's size, or
+``max_bytes`` before it) is refused before any allocation.
+
+The sending side is :class:`~rtfb.ingest.tcp_framing.TCPSender` (and :func:`send_volume`).
 """
 
 from __future__ import annotations
 
-import json
+import hmac
 import logging
-import math
-import numbers
-import re
+import secrets
 import selectors
 import socket
-import struct
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from .._utils.checks import _validate_type, check_int, check_positive_number
+from .._utils.net import is_loopback
+from .._utils.text import escape_control
 from ._handoff import IngestStats, VolumeTiming, _Handoff
 from .ordering import DUPLICATE, IMPLAUSIBLE, Late, Missing, refusal_message
+from .tcp_framing import (
+    HELLO,
+    MAGIC,
+    MAX_HEADER,
+    NONCE_BYTES,
+    PREFIX,
+    TAG_BYTES,
+    VERSION,
+    FrameError,
+    TCPSender,
+    ack_line,
+    encode_frame,
+    frame_mac,
+    header_tag,
+    parse_header,
+)
 from .volume import Volume
 
-__all__ = ["MAGIC", "TCPReceiver", "encode_frame", "send_volume"]
+__all__ = ["MAGIC", "FrameError", "TCPReceiver", "TCPSender", "encode_frame", "parse_header",
+           "send_volume"]
 
 logger = logging.getLogger("rtfb.ingest")
 
-MAGIC = b"RTFB"
-VERSION = 1
-MAX_HEADER = 65536
-#: dtype strings allowed on the wire (little-endian), by (kind, itemsize)
-DTYPES = {"<u1": ("u", 1), "<i2": ("i", 2), "<u2": ("u", 2), "<i4": ("i", 4),
-          "<f4": ("f", 4), "<f8": ("f", 8)}
-HEADER_KEYS = frozenset({"version", "index", "shape", "dtype", "nbytes", "affine", "tr",
-                         "acquisition_time", "series"})
-_PREFIX = struct.Struct(">4sI")
-_FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
 _CHUNK = 1 << 20  # bytes per recv
+_MAX_OUT = 1 << 20  # acknowledgement bytes a peer may leave unread before it is dropped
+_EVICT_GRACE = 0.5  # seconds a new connection has before it may be evicted
 
 # parser states
-_S_PREFIX, _S_HEADER, _S_PAYLOAD = "prefix", "header", "payload"
+_S_PREFIX, _S_HEADER, _S_HTAG, _S_PAYLOAD, _S_FTAG = ("prefix", "header", "header tag",
+                                                      "payload", "frame tag")
 
 
-class FrameError(ValueError):
-    """A frame breaks the framing rules (message says which)."""
-
-
-# -- encoding ----------------------------------------------------------------------------------
-def _is_number(x: Any) -> bool:
-    if not isinstance(x, numbers.Real) or isinstance(x, bool):
-        return False
-    try:
-        return math.isfinite(x)
-    except OverflowError:  # an int too large for a float
-        return False
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
-
-
-def _wire_dtype(dtype: np.dtype) -> str:
-    for name, (kind, size) in DTYPES.items():
-        if dtype.kind == kind and dtype.itemsize == size:
-            return name
-    raise ValueError(f"array dtype {dtype} cannot be sent; allowed: {sorted(DTYPES)} "
-                     f"(convert it, e.g. array.astype(np.float32)).")
-
-
-def encode_frame(array: Any, affine: Any, index: int, tr: float | None = None, *,
-                 acquisition_time: float | None = None, series: str | None = None) -> bytes:
-    """Encode one volume as a frame (magic, header length, JSON header, C-order payload).
+def send_volume(sender_or_address: TCPSender | tuple[str, int], array: Any, affine: Any,
+                index: int, tr: float | None = None, *, acquisition_time: float | None = None,
+                series: str | None = None, key: bytes | None = None,
+                timeout: float = 10.0) -> dict | None:
+    """Send one volume to a :class:`TCPReceiver` and return its acknowledgement.
 
     Parameters
     ----------
-    array : array-like, shape (X, Y, Z)
-        Voxel values; dtype one of uint8, int16, uint16, int32, float32, float64 (sent
-        little-endian).
-    affine : array-like, shape (4, 4)
-        Voxel to RAS+ mm transform (finite).
-    index : int
-        0-based volume index.
-    tr, acquisition_time : float | None
-        Repetition time (s) and acquisition time (s after midnight).
-    series : str | None
-        Series identifier.
+    sender_or_address : TCPSender | tuple
+        A connected :class:`~rtfb.ingest.tcp_framing.TCPSender` (kept open, to send many
+        frames) or a ``(host, port)`` address (a connection is opened for this frame).
+    array, affine, index, tr, acquisition_time, series
+        See :func:`~rtfb.ingest.tcp_framing.encode_frame`.
+    key : bytes | None
+        The receiver's key (address only; a sender has its own).
+    timeout : float
+        Seconds to connect, send and wait for the acknowledgement.
 
     Returns
     -------
-    bytes
+    dict | None
+        The acknowledgement (``status`` ``"accepted"`` when the volume was handed to the
+        session), or None if none arrived within ``timeout``.
     """
-    array = np.asarray(array)
-    if array.ndim != 3 or min(array.shape) < 1:
-        raise ValueError(f"array must be 3D with every dimension >= 1, got shape "
-                         f"{array.shape}.")
-    dtype = _wire_dtype(array.dtype)
-    payload = np.ascontiguousarray(array, dtype=np.dtype(dtype))
-    affine = np.asarray(affine, dtype=np.float64)
-    if affine.shape != (4, 4) or not np.isfinite(affine).all():
-        raise ValueError(f"affine must be a finite 4x4 array, got shape {affine.shape}.")
-    index = check_int(index, "index", 0)
-    for name, value in (("tr", tr), ("acquisition_time", acquisition_time)):
-        if value is not None and not _is_number(value):
-            raise ValueError(f"{name} must be a finite number or None, got {value!r}.")
-    if series is not None:
-        _validate_type(series, str, "series")
-    header = {"version": VERSION, "index": index, "shape": list(array.shape), "dtype": dtype,
-              "nbytes": payload.nbytes, "affine": affine.tolist(),
-              "tr": None if tr is None else float(tr),
-              "acquisition_time": None if acquisition_time is None
-              else float(acquisition_time),
-              "series": series}
-    text = json.dumps(header, separators=(",", ":"), allow_nan=False).encode("utf-8")
-    if len(text) > MAX_HEADER:
-        raise ValueError(f"header of {len(text)} bytes exceeds {MAX_HEADER} (series too long?).")
-    return b"".join((_PREFIX.pack(MAGIC, len(text)), text, payload.tobytes()))
-
-
-def send_volume(sock_or_address: socket.socket | tuple[str, int], array: Any, affine: Any,
-                index: int, tr: float | None = None, *, acquisition_time: float | None = None,
-                series: str | None = None, timeout: float = 10.0) -> None:
-    """Send one volume to a :class:`TCPReceiver`.
-
-    Parameters
-    ----------
-    sock_or_address : socket.socket | tuple
-        A connected socket (kept open, to send many frames on it) or a ``(host, port)``
-        address (a connection is opened for this frame and closed).
-    array, affine, index, tr, acquisition_time, series
-        See :func:`encode_frame`.
-    timeout : float
-        Connection and send timeout in seconds when an address is given.
-    """
-    frame = encode_frame(array, affine, index, tr, acquisition_time=acquisition_time,
-                         series=series)
-    if isinstance(sock_or_address, socket.socket):
-        sock_or_address.sendall(frame)
-        return
-    if not (isinstance(sock_or_address, tuple) and len(sock_or_address) == 2):
-        raise TypeError(f"sock_or_address must be a socket or a (host, port) tuple, got "
-                        f"{sock_or_address!r}.")
-    with socket.create_connection(sock_or_address, timeout=timeout) as sock:
-        sock.sendall(frame)
-
-
-# -- decoding ----------------------------------------------------------------------------------
-def _reject_constant(name: str) -> None:
-    raise FrameError(f"header is not strict JSON ({name})")
-
-
-def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict:
-    out = {}
-    for key, value in pairs:
-        if key in out:
-            raise FrameError(f"header repeats key {key!r}")
-        out[key] = value
-    return out
-
-
-def parse_header(raw: bytes, max_bytes: int) -> dict:
-    """Decode and validate a frame header; raise :class:`FrameError` naming the problem."""
-    try:
-        header = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant,
-                            object_pairs_hook=_unique_pairs)
-    except FrameError:
-        raise
-    except UnicodeDecodeError as err:
-        raise FrameError(f"header is not UTF-8 (byte {err.start})") from None
-    except json.JSONDecodeError as err:
-        raise FrameError(f"header is not JSON ({err.msg} at char {err.pos})") from None
-    except RecursionError:
-        raise FrameError("header is not JSON (nested too deeply)") from None
-    except ValueError as err:  # e.g. an integer with more digits than Python accepts
-        raise FrameError(f"header is not acceptable JSON ({type(err).__name__})") from None
-    if not isinstance(header, dict):
-        raise FrameError(f"header is a JSON {type(header).__name__}, not an object")
-    unknown = set(header) - HEADER_KEYS
-    if unknown:
-        # field names only (identifier-like, short), never values: an unknown key may carry
-        # identifying information
-        names = sorted(k if _FIELD_NAME.fullmatch(k) else "<non-identifier>" for k in unknown)
-        shown = ", ".join(repr(k) for k in names[:5]) + (", ..." if len(names) > 5 else "")
-        raise FrameError(f"header has unknown key(s) {shown}")
-    missing = HEADER_KEYS - set(header)
-    if missing:
-        raise FrameError(f"header lacks key(s) {sorted(missing)}")
-    version = header["version"]
-    if not _is_int(version) or version != VERSION:
-        raise FrameError(f"unsupported framing version (expected {VERSION})")
-    if not _is_int(header["index"]) or header["index"] < 0:
-        raise FrameError("index must be an integer >= 0")
-    shape = header["shape"]
-    if not (isinstance(shape, list) and len(shape) == 3
-            and all(_is_int(s) and s >= 1 for s in shape)):
-        raise FrameError("shape must be a list of 3 integers >= 1")
-    dtype = header["dtype"]
-    if not isinstance(dtype, str) or dtype not in DTYPES:
-        raise FrameError(f"dtype must be one of {sorted(DTYPES)}")
-    nbytes = header["nbytes"]
-    if not _is_int(nbytes):
-        raise FrameError("nbytes must be an integer")
-    expected = math.prod(shape) * DTYPES[dtype][1]
-    if nbytes != expected:
-        raise FrameError(f"nbytes={nbytes} does not match shape {shape} and dtype {dtype} "
-                         f"({expected} bytes)")
-    if nbytes > max_bytes:
-        raise FrameError(f"payload of {nbytes} bytes exceeds max_bytes={max_bytes}")
-    affine = header["affine"]
-    if not (isinstance(affine, list) and len(affine) == 4
-            and all(isinstance(r, list) and len(r) == 4 and all(_is_number(v) for v in r)
-                    for r in affine)):
-        raise FrameError("affine must be a 4x4 list of finite numbers")
-    for key in ("tr", "acquisition_time"):
-        if header[key] is not None and not _is_number(header[key]):
-            raise FrameError(f"{key} must be a number or null")
-    if header["series"] is not None and not isinstance(header["series"], str):
-        raise FrameError("series must be a string or null")
-    return header
+    if isinstance(sender_or_address, TCPSender):
+        seq = sender_or_address.send(array, affine, index, tr,
+                                     acquisition_time=acquisition_time, series=series)
+        return sender_or_address.wait_for(seq, timeout)
+    if not (isinstance(sender_or_address, tuple) and len(sender_or_address) == 2):
+        raise TypeError(f"sender_or_address must be a TCPSender or a (host, port) tuple, got "
+                        f"{sender_or_address!r}.")
+    with TCPSender(sender_or_address, key, timeout=timeout) as sender:
+        seq = sender.send(array, affine, index, tr, acquisition_time=acquisition_time,
+                          series=series)
+        return sender.wait_for(seq, timeout)
 
 
 @dataclass
 class _Conn:
     sock: socket.socket
     peer: str
+    nonce: bytes
+    accepted_at: float
     state: str = _S_PREFIX
     buf: Any = None  # bytearray being filled
     pos: int = 0
+    prefix: bytes = b""
+    header_raw: bytes = b""
     header: dict | None = None
+    payload: Any = None
+    mac: Any = None
     frame_start: float = 0.0
+    last_activity: float = 0.0
     n_frames: int = 0
+    authenticated: bool = False
+    out: bytearray = field(default_factory=bytearray)
+    writing: bool = False
 
     def expect(self, state: str, n: int) -> None:
         self.state, self.buf, self.pos = state, bytearray(n), 0
+
+    @property
+    def mid_frame(self) -> bool:
+        return self.state != _S_PREFIX or self.pos > 0
 
 
 def _peer_name(addr: Any) -> str:
@@ -259,16 +151,21 @@ class TCPReceiver:
     Parameters
     ----------
     host : str
-        Interface to bind (default loopback only).
+        Interface to bind (default loopback only). Another interface needs a ``key``.
     port : int
         Port to bind; 0 picks a free one (see :attr:`address` after :meth:`start`).
+    key : bytes | None
+        Secret key shared with the sender (``rtfb run --key FILE``); frames whose tags do
+        not match are refused. ``None`` uses the empty key, which anyone can compute: a
+        receiver without key, accepted on a loopback interface only.
     queue_size : int
         Capacity of the queue read by :meth:`get`. When it is full the acquisition thread
         waits and stops reading the sockets, so TCP flow control slows the senders down;
         nothing is dropped.
     max_bytes : int
-        Largest payload accepted (default 512 MiB); a header announcing more is refused
-        before anything is allocated.
+        Largest payload accepted before the first volume (default 512 MiB); afterwards a
+        frame may not hold more than the first volume's number of voxels (at 8 bytes each).
+        Larger ones are refused before anything is allocated.
     gap_timeout : float
         Seconds a missing index may stay missing after a later volume arrived before it is
         reported as :class:`~rtfb.ingest.ordering.Missing`.
@@ -277,35 +174,59 @@ class TCPReceiver:
     first_index : int | None
         Index of the first volume expected (default 0); ``None``: the first received.
     max_connections : int
-        Connections served at once; more are accepted and closed at once with a log line.
+        Connections served at once. When all are taken, a new connection evicts the oldest
+        one that has not authenticated yet and has been connected for at least 0.5 s (or is
+        closed if there is none: the sender retries).
+    auth_timeout : float
+        Seconds a connection has, from its acceptance, to send an authenticated header.
+    idle_timeout : float
+        Seconds a connection may stay silent in the middle of a frame.
     max_pending, max_ahead, max_timings : int
         See :class:`~rtfb.ingest.watcher.FolderWatcher`.
     tr : float | None
         Repetition time (s): bounds how far ahead a frame's index may plausibly be (see
         :class:`~rtfb.ingest.ordering.VolumeOrderer`).
 
+    Attributes
+    ----------
+    refused : dict
+        Counters of closed connections by cause: ``unauthenticated`` (bad tag),
+        ``auth_timeout``, ``idle``, ``evicted``, ``full``, ``too_large``.
+
     Notes
     -----
     ``stats.malformed`` counts refused frames, ``stats.connections`` accepted connections.
-    Memory is bounded by ``max_connections * max_bytes`` (a slow sender holds its payload
-    buffer until its frame is complete).
+    Memory is bounded by ``max_connections * 64 KiB`` for connections that have not
+    authenticated, plus one payload of the locked geometry per authenticated connection.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, queue_size: int = 32,
-                 max_bytes: int = 512 * 2**20, gap_timeout: float = 3.0,
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, key: bytes | None = None,
+                 queue_size: int = 32, max_bytes: int = 512 * 2**20, gap_timeout: float = 3.0,
                  series: str | None = None, first_index: int | None = 0,
-                 max_connections: int = 8, max_pending: int = 64, max_ahead: int = 1000,
+                 max_connections: int = 8, auth_timeout: float = 5.0,
+                 idle_timeout: float = 30.0, max_pending: int = 64, max_ahead: int = 1000,
                  max_timings: int = 100_000, tr: float | None = None) -> None:
         _validate_type(host, str, "host")
+        if key is not None:
+            _validate_type(key, bytes, "key")
+            if len(key) < 16:
+                raise ValueError(f"key must have at least 16 bytes, got {len(key)}.")
+        elif not is_loopback(host):
+            raise ValueError(f"a receiver listening on {host!r} (not loopback) needs a key: "
+                             f"anyone on the network could otherwise send volumes.")
         self.host = host
         self.port = check_int(port, "port", 0)
+        self.key = b"" if key is None else key
         self.max_bytes = check_int(max_bytes, "max_bytes", 1)
         self.max_connections = check_int(max_connections, "max_connections", 1)
+        self.auth_timeout = check_positive_number(auth_timeout, "auth_timeout")
+        self.idle_timeout = check_positive_number(idle_timeout, "idle_timeout")
         check_positive_number(gap_timeout, "gap_timeout")
         if series is not None:
             _validate_type(series, str, "series")
         self._series = series
         self._series_chosen = series is not None
+        self._locked_voxels: int | None = None
         self._stop_event = threading.Event()
         self._handoff = _Handoff(
             queue_size=check_int(queue_size, "queue_size", 1), gap_timeout=gap_timeout,
@@ -317,6 +238,8 @@ class TCPReceiver:
         self._wake_w: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._conns: dict[socket.socket, _Conn] = {}
+        self.refused = {"unauthenticated": 0, "auth_timeout": 0, "idle": 0, "evicted": 0,
+                        "full": 0, "too_large": 0}
         self.address: tuple | None = None
 
     # -- public API --------------------------------------------------------------------------
@@ -325,14 +248,15 @@ class TCPReceiver:
         if self._thread is not None:
             raise RuntimeError("TCPReceiver.start() was already called; create a new one.")
         self._listener = socket.create_server((self.host, self.port),
-                                              backlog=self.max_connections)
+                                              backlog=4 * self.max_connections)
         self._listener.setblocking(False)
         self.address = self._listener.getsockname()[:2]
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._thread = threading.Thread(target=self._run, name="rtfb-tcp", daemon=True)
         self._thread.start()
-        logger.info("tcp: listening on %s", _peer_name(self.address))
+        logger.info("tcp: listening on %s%s", _peer_name(self.address),
+                    "" if self.key else " (no key: loopback only)")
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -405,16 +329,20 @@ class TCPReceiver:
         try:
             while not self._stop_event.is_set():
                 try:
-                    events = sel.select(self._handoff.time_to_deadline(0.5))
-                    for key, _ in events:
+                    events = sel.select(self._handoff.time_to_deadline(0.25))
+                    for key, mask in events:
                         if self._stop_event.is_set():
                             break
                         if key.data == "listen":
                             self._accept(sel)
                         elif key.data == "wake":
                             continue
-                        else:
-                            self._read(sel, key.data)
+                        elif key.data.sock in self._conns:
+                            if mask & selectors.EVENT_WRITE:
+                                self._flush(sel, key.data)
+                            if mask & selectors.EVENT_READ and key.data.sock in self._conns:
+                                self._read(sel, key.data)
+                    self._sweep(sel)
                     self._handoff.flush()
                 except Exception as err:  # never let the thread die
                     logger.error("tcp: unexpected error, serving goes on: %s: %s",
@@ -422,7 +350,7 @@ class TCPReceiver:
                     time.sleep(0.01)
         finally:
             for conn in list(self._conns.values()):
-                if conn.state != _S_PREFIX or conn.pos:
+                if conn.mid_frame:
                     logger.warning("tcp: %s: connection closed by stop() mid-frame",
                                    conn.peer)
                 self._close(sel, conn)
@@ -438,17 +366,50 @@ class TCPReceiver:
             return
         peer = _peer_name(addr)
         if len(self._conns) >= self.max_connections:
-            logger.warning("tcp: %s: refused: already %d connections (max_connections)",
-                           peer, len(self._conns))
-            sock.close()
-            return
+            # evict the oldest connection that has not authenticated, provided it had
+            # _EVICT_GRACE s to do so: a new connection (the scanner's) cannot be pushed out
+            # by a stream of newer ones before it sends its first header
+            now = time.monotonic()
+            waiting = [c for c in self._conns.values()
+                       if not c.authenticated and now - c.accepted_at >= _EVICT_GRACE]
+            if not waiting:
+                logger.warning("tcp: %s: refused: all %d connections busy (max_connections; "
+                               "those not authenticated yet are younger than %g s)", peer,
+                               len(self._conns), _EVICT_GRACE)
+                self.refused["full"] += 1
+                sock.close()
+                return
+            oldest = min(waiting, key=lambda c: c.accepted_at)
+            self._drop(sel, oldest, "evicted", "closed to free a slot: not authenticated "
+                                               "after %.1f s" % (time.monotonic()
+                                                                  - oldest.accepted_at))
         sock.setblocking(False)
-        conn = _Conn(sock, peer)
-        conn.expect(_S_PREFIX, _PREFIX.size)
+        now = time.monotonic()
+        conn = _Conn(sock, peer, secrets.token_bytes(NONCE_BYTES), accepted_at=now,
+                     last_activity=now)
+        conn.expect(_S_PREFIX, PREFIX.size)
         self._conns[sock] = conn
         sel.register(sock, selectors.EVENT_READ, conn)
         logger.info("tcp: %s: connected", peer)
         self._handoff.count("connections")
+        self._send(sel, conn, HELLO.pack(MAGIC, VERSION, conn.nonce))
+
+    def _sweep(self, sel: selectors.BaseSelector) -> None:
+        """Close connections past their authentication or idle deadline."""
+        now = time.monotonic()
+        for conn in list(self._conns.values()):
+            if not conn.authenticated and now - conn.accepted_at > self.auth_timeout:
+                self._drop(sel, conn, "auth_timeout", f"no authenticated header within "
+                                                      f"auth_timeout={self.auth_timeout:g} s")
+            elif conn.mid_frame and now - conn.last_activity > self.idle_timeout:
+                self._drop(sel, conn, "idle", f"silent for idle_timeout="
+                                              f"{self.idle_timeout:g} s in the middle of a "
+                                              f"frame ({conn.state})")
+
+    def _drop(self, sel: selectors.BaseSelector, conn: _Conn, cause: str, text: str) -> None:
+        logger.warning("tcp: %s: connection closed: %s", conn.peer, text)
+        self.refused[cause] += 1
+        self._close(sel, conn)
 
     def _close(self, sel: selectors.BaseSelector, conn: _Conn) -> None:
         self._conns.pop(conn.sock, None)
@@ -459,17 +420,61 @@ class TCPReceiver:
         conn.sock.close()
         conn.buf = None
 
-    def _refuse(self, sel: selectors.BaseSelector, conn: _Conn, problem: str) -> None:
-        logger.warning("tcp: %s: frame refused, connection closed: %s", conn.peer, problem)
+    def _refuse(self, sel: selectors.BaseSelector, conn: _Conn, problem: str,
+                ack: bool = False) -> None:
+        """Refuse the current frame, log it, acknowledge it if authenticated, close."""
+        logger.warning("tcp: %s: frame refused, connection closed: %s", conn.peer,
+                       escape_control(problem))
         self._handoff.count("malformed")
+        if ack:
+            index = conn.header.get("index") if conn.header else None
+            self._send(sel, conn, ack_line(self.key, conn.nonce, conn.n_frames, index,
+                                           "refused", problem))
+            self._flush(sel, conn, final=True)
+            try:  # read what the peer already sent, or closing would reset the connection
+                conn.sock.shutdown(socket.SHUT_WR)  # and lose the acknowledgement
+                for _ in range(16):
+                    if not conn.sock.recv(65536):
+                        break
+            except OSError:
+                pass
         self._close(sel, conn)
 
+    # -- writing -----------------------------------------------------------------------------
+    def _send(self, sel: selectors.BaseSelector, conn: _Conn, data: bytes) -> None:
+        conn.out += data
+        if len(conn.out) > _MAX_OUT:
+            logger.warning("tcp: %s: connection closed: %d bytes of acknowledgements left "
+                           "unread", conn.peer, len(conn.out))
+            self._close(sel, conn)
+            return
+        self._flush(sel, conn)
+
+    def _flush(self, sel: selectors.BaseSelector, conn: _Conn, final: bool = False) -> None:
+        try:
+            while conn.out:
+                n = conn.sock.send(conn.out)
+                del conn.out[:n]
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            conn.out.clear()
+        if final or conn.sock not in self._conns:
+            return
+        want = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.out else 0)
+        if bool(conn.out) != conn.writing:
+            conn.writing = bool(conn.out)
+            sel.modify(conn.sock, want, conn)
+
+    # -- reading -----------------------------------------------------------------------------
     def _read(self, sel: selectors.BaseSelector, conn: _Conn) -> None:
         need = len(conn.buf) - conn.pos
         view = memoryview(conn.buf)[conn.pos:conn.pos + min(need, _CHUNK)]
         reason = ""
         try:
             n = conn.sock.recv_into(view)
+            if n > 0 and conn.state == _S_PAYLOAD:
+                conn.mac.update(view[:n])
         except (BlockingIOError, InterruptedError):
             return
         except OSError as err:
@@ -478,7 +483,7 @@ class TCPReceiver:
         finally:
             view.release()
         if n <= 0:
-            if conn.state == _S_PREFIX and conn.pos == 0:
+            if not conn.mid_frame:
                 logger.info("tcp: %s: disconnected after %d frame(s)", conn.peer,
                             conn.n_frames)
                 self._close(sel, conn)
@@ -487,6 +492,7 @@ class TCPReceiver:
                 self._refuse(sel, conn, f"{what} mid-frame ({conn.state}: got {conn.pos} of "
                                         f"{len(conn.buf)} bytes)")
             return
+        conn.last_activity = time.monotonic()
         if conn.state == _S_PREFIX and conn.pos == 0:
             conn.frame_start = time.perf_counter()
         conn.pos += n
@@ -497,26 +503,66 @@ class TCPReceiver:
         if conn.pos < len(conn.buf):
             return
         if conn.state == _S_PREFIX:
-            _, length = _PREFIX.unpack(conn.buf)
+            conn.prefix = bytes(conn.buf)
+            _, length = PREFIX.unpack(conn.prefix)
             if not 1 <= length <= MAX_HEADER:
                 self._refuse(sel, conn, f"header length {length} outside 1..{MAX_HEADER}")
                 return
             conn.expect(_S_HEADER, length)
         elif conn.state == _S_HEADER:
-            try:
-                conn.header = parse_header(bytes(conn.buf), self.max_bytes)
-            except FrameError as err:
-                self._refuse(sel, conn, str(err))
-                return
-            conn.expect(_S_PAYLOAD, conn.header["nbytes"])
+            conn.header_raw = bytes(conn.buf)
+            conn.expect(_S_HTAG, TAG_BYTES)
+        elif conn.state == _S_HTAG:
+            self._header_complete(sel, conn)
+        elif conn.state == _S_PAYLOAD:
+            conn.payload = conn.buf
+            conn.expect(_S_FTAG, TAG_BYTES)
         else:
             self._frame_complete(sel, conn)
 
+    def _header_complete(self, sel: selectors.BaseSelector, conn: _Conn) -> None:
+        expected = header_tag(self.key, conn.nonce, conn.prefix, conn.header_raw)
+        if not hmac.compare_digest(bytes(conn.buf), expected):
+            self.refused["unauthenticated"] += 1
+            self._refuse(sel, conn, "header tag does not match (sender without the key, or "
+                                    "another connection's frame)")
+            return
+        conn.authenticated = True
+        # after the first volume: its number of voxels at the largest item size (8 bytes)
+        limit = self.max_bytes if self._locked_voxels is None else 8 * self._locked_voxels
+        try:
+            conn.header = parse_header(conn.header_raw, self.max_bytes)
+            if conn.header["seq"] != conn.n_frames:
+                raise FrameError(f"seq={conn.header['seq']} but {conn.n_frames} frame(s) came "
+                                 f"before on this connection (replayed or reordered frame)")
+        except FrameError as err:
+            conn.header = None
+            self._refuse(sel, conn, str(err), ack=True)
+            return
+        if conn.header["nbytes"] > limit:
+            self.refused["too_large"] += 1
+            self._refuse(sel, conn, f"payload of {conn.header['nbytes']} bytes is larger than "
+                                    f"the locked geometry ({self._locked_voxels} voxels: at "
+                                    f"most {limit} bytes per volume)", ack=True)
+            return
+        conn.mac = frame_mac(self.key, conn.nonce, conn.prefix, conn.header_raw)
+        conn.expect(_S_PAYLOAD, conn.header["nbytes"])
+
     def _frame_complete(self, sel: selectors.BaseSelector, conn: _Conn) -> None:
-        header, payload, seen = conn.header, conn.buf, conn.frame_start
+        header, payload, seen = conn.header, conn.payload, conn.frame_start
+        if not hmac.compare_digest(bytes(conn.buf), conn.mac.digest()):
+            self.refused["unauthenticated"] += 1
+            self._refuse(sel, conn, "frame tag does not match (payload altered)", ack=True)
+            return
+        seq = conn.n_frames
         conn.n_frames += 1
-        conn.header = None
-        conn.expect(_S_PREFIX, _PREFIX.size)
+        conn.header, conn.payload, conn.mac = None, None, None
+        conn.expect(_S_PREFIX, PREFIX.size)
+
+        def ack(status: str, reason: str | None = None) -> None:
+            self._send(sel, conn, ack_line(self.key, conn.nonce, seq, header["index"], status,
+                                           reason))
+
         try:
             data = np.frombuffer(payload, dtype=np.dtype(header["dtype"]))
             volume = Volume(data=data.reshape(header["shape"]), affine=header["affine"],
@@ -524,7 +570,8 @@ class TCPReceiver:
                             tr=header["tr"], source="tcp", series=header["series"],
                             header={"format": "tcp"})
         except ValueError as err:
-            self._refuse(sel, conn, f"invalid volume ({err})")
+            conn.header = header
+            self._refuse(sel, conn, f"invalid volume ({err})", ack=True)
             return
         complete = time.perf_counter()
         if not self._series_chosen:
@@ -533,6 +580,7 @@ class TCPReceiver:
             logger.warning("tcp: %s: volume %d ignored: belongs to another series than the "
                            "one followed", conn.peer, volume.index)
             self._handoff.count("other_series")
+            ack("other_series")
             return
         status = self._handoff.submit(volume, seen=seen, complete=complete)
         message = refusal_message(status, self._handoff.orderer, volume.index,
@@ -543,3 +591,7 @@ class TCPReceiver:
             if status == IMPLAUSIBLE:
                 self._handoff.notice("implausible", f"tcp frame from {conn.peer}: {message}",
                                      index=volume.index)
+        elif self._locked_voxels is None:
+            self._locked_voxels = int(np.prod(header["shape"]))
+        if conn.sock in self._conns:
+            ack(status)

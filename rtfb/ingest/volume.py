@@ -16,6 +16,7 @@ ALLOWED_HEADER_FIELDS = frozenset({
     "AcquisitionNumber", "InstanceNumber", "EchoTime", "RepetitionTime", "FlipAngle",
     "SliceThickness", "SpacingBetweenSlices", "PixelSpacing", "SliceTiming",
     "NumberOfSlices", "MosaicTiles", "PhaseEncodingDirection", "format",
+    "SeriesUIDHash", "StudyUIDHash",
 })
 
 

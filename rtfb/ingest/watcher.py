@@ -40,8 +40,10 @@ from typing import Any
 from .._utils.checks import _validate_type, check_int, check_positive_number
 from ..exceptions import IncompleteFileError, IngestError
 from ._handoff import IngestStats, VolumeTiming, _Handoff
+from .names import shown_name
 from .ordering import ACCEPTED, IMPLAUSIBLE, LATE, Late, Missing, refusal_message
 from .series_lock import IdentityLock
+from .slicecount import SliceCounts
 from .volume import Volume
 
 __all__ = ["FolderWatcher", "IngestStats", "Late", "Missing", "VolumeTiming"]
@@ -213,6 +215,7 @@ class FolderWatcher:
         self._thread: threading.Thread | None = None
         self._files: dict[str, _File] = {}
         self._groups: dict[tuple, _Group] = {}
+        self._slice_counts = SliceCounts()
         self._last_restat = -math.inf
         self._generation = 0
         self._dir_problem: str | None = None
@@ -563,7 +566,7 @@ class FolderWatcher:
             f.reported.add("truncated")
             self._handoff.count("truncated")
         if index is not None:
-            self._handoff.orderer.note(index, f"file {f.name} truncated")
+            self._handoff.orderer.note(index, f"file {shown_name(f.name)} truncated")
 
     def _unreadable(self, f: _File, err: Exception) -> None:
         f.state = _FAILED
@@ -610,12 +613,16 @@ class FolderWatcher:
     # -- slices ------------------------------------------------------------------------------
     def _add_slice(self, f: _File, info: Any, index: int) -> None:
         key = (info.series, index)
-        n_parts = check_int(info.n_parts, "n_parts", 1)
+        n_parts = check_int(info.n_parts, "n_parts", 0)
+        learned = n_parts == 0  # classic series: count learned, see rtfb.ingest.slicecount
+        if learned:
+            n_parts = self._slice_counts.observe(info.series, index, info.part,
+                                                 getattr(info, "position", None))
         group = self._groups.get(key)
         if group is None:
             group = self._groups[key] = _Group(info.series, index, n_parts, f.first_seen,
                                                time.perf_counter())
-        elif group.n_parts != n_parts:
+        elif group.n_parts != n_parts and not learned:
             self._unreadable(f, IngestError(f"{n_parts} slices per volume, the other slices "
                                             f"of volume {index} say {group.n_parts}"))
             return
@@ -642,8 +649,11 @@ class FolderWatcher:
             if self._handoff.is_known(group.index):  # e.g. delivered from a copy meanwhile
                 self._finish_group(key, duplicate=True)
                 continue
-            if len(group.parts) < group.n_parts:
-                if not group.reported and now - group.changed_at >= self.incomplete_timeout:
+            if group.n_parts == 0:
+                group.n_parts = self._slice_counts.count(group.series)
+            if group.n_parts == 0 or len(group.parts) < group.n_parts:
+                if group.n_parts and not group.reported and \
+                        now - group.changed_at >= self.incomplete_timeout:
                     group.reported = True
                     logger.warning("volume %d: only %d of %d slices arrived (first %s); "
                                    "waiting for the rest", group.index, len(group.parts),
@@ -670,7 +680,8 @@ class FolderWatcher:
                     if not group.reported:
                         group.reported = True
                         self._handoff.count("truncated")
-                    self._handoff.orderer.note(group.index, f"slices of {first} truncated")
+                    self._handoff.orderer.note(group.index,
+                                               f"slices of {shown_name(first)} truncated")
                 continue
             except Exception as err:
                 group.retry = False

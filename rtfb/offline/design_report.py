@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..session.report import _esc, _img, _new_figure, _png_uri
+from ..reporting import esc, img, new_figure, png_uri
 from .group import ContrastResult, GroupResults
 
 __all__ = ["design_methods", "design_scatter", "design_summary"]
@@ -15,14 +15,14 @@ def _plot_matrix(results: GroupResults) -> str:
     values = matrix.to_numpy(float)
     scaled = values / np.where(np.abs(values).max(0) > 0, np.abs(values).max(0), 1.0)
     n, p = values.shape
-    figure = _new_figure(max(3.0, 0.9 * p + 1.5), max(3.0, 0.18 * n + 1.2))
+    figure = new_figure(max(3.0, 0.9 * p + 1.5), max(3.0, 0.18 * n + 1.2))
     ax = figure.add_subplot()
     im = ax.imshow(scaled, aspect="auto", cmap="gray", interpolation="nearest")
     ax.set_xticks(np.arange(p), list(matrix.columns), rotation=45, ha="right", fontsize=8)
     ax.set_yticks(np.arange(n), list(matrix.index), fontsize=6 if n > 30 else 7)
     ax.set_title("design matrix (columns scaled to max |value| = 1)", fontsize=9)
     figure.colorbar(im, ax=ax, shrink=0.7)
-    return _png_uri(figure)
+    return png_uri(figure)
 
 
 def design_methods(results: GroupResults) -> list[str]:
@@ -31,11 +31,11 @@ def design_methods(results: GroupResults) -> list[str]:
     spec = design.spec
     tfce = any(c.tfce is not None for c in results.contrasts.values())
     paras = [
-        f"<b>Model</b>: {_esc(spec.describe())}",
-        f"Per-subject maps ({_esc(', '.join(results.metrics))}) on the intersection of the "
+        f"<b>Model</b>: {esc(spec.describe())}",
+        f"Per-subject maps ({esc(', '.join(results.metrics))}) on the intersection of the "
         f"brain masks ({int(results.mask.sum())} voxels). Design: {design.matrix.shape[0]} "
         f"rows (subjects) x {design.matrix.shape[1]} columns "
-        f"({_esc(', '.join(design.matrix.columns))}), every term mean-centred, "
+        f"({esc(', '.join(design.matrix.columns))}), every term mean-centred, "
         f"{design.df} residual degrees of freedom; each tested term is a t contrast adjusted "
         "for all other columns (written to <code>group/design.tsv</code>).",
         "Inference: nilearn <code>permuted_ols</code> ("
@@ -47,7 +47,7 @@ def design_methods(results: GroupResults) -> list[str]:
         + "; Benjamini-Hochberg FDR q of the parametric p-values of t. Cluster tables: "
         f"voxels with p<sub>FWE</sub> &lt; {results.alpha:g} (max-|t|), 26-connectivity.",
     ]
-    return [f"<p>{p}</p>" for p in paras] + [_img(_plot_matrix(results), "design matrix")]
+    return [f"<p>{p}</p>" for p in paras] + [img(_plot_matrix(results), "design matrix")]
 
 
 def design_summary(c: ContrastResult, results: GroupResults) -> str:
@@ -64,7 +64,7 @@ def design_scatter(c: ContrastResult, results: GroupResults) -> str:
     """Peak-voxel value per subject against the tested column (by group for ``mean``)."""
     y = c.peak_values
     patient = results.participants["patient"].to_numpy(bool)
-    figure = _new_figure(4.8, 3.6)
+    figure = new_figure(4.8, 3.6)
     ax = figure.add_subplot()
     if c.contrast == "mean":
         for k, (sel, colour, name) in enumerate(((patient, "tab:red", "patients"),
@@ -88,4 +88,4 @@ def design_scatter(c: ContrastResult, results: GroupResults) -> str:
     ax.set_ylabel(f"{c.metric} {'change' if paired else 'value'}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
-    return _png_uri(figure)
+    return png_uri(figure)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..session.report import _esc, _img, _new_figure, _note, _png_uri
+from ..reporting import esc, fmt_sig, img, new_figure, note, png_uri
 from .network import GraphResults, ICAResults
 
 __all__ = ["graph_section", "ica_section"]
@@ -14,7 +14,7 @@ _ICA_THRESHOLD = 2.0  # |z| shown on the component maps
 
 
 def _plot_fc(graph: GraphResults, patient: np.ndarray) -> str:
-    figure = _new_figure(10, 4.6)
+    figure = new_figure(10, 4.6)
     means = [graph.fc[patient].mean(axis=0), graph.fc[~patient].mean(axis=0)]
     vmax = max(float(np.abs(m).max()) for m in means) or 1.0
     n = len(graph.nodes)
@@ -26,11 +26,11 @@ def _plot_fc(graph: GraphResults, patient: np.ndarray) -> str:
         ax.set_xticks(ticks, graph.nodes, rotation=90, fontsize=5 if n > 20 else 7)
         ax.set_yticks(ticks, graph.nodes, fontsize=5 if n > 20 else 7)
         figure.colorbar(im, ax=ax, shrink=0.8)
-    return _png_uri(figure)
+    return png_uri(figure)
 
 
 def _plot_metrics(graph: GraphResults, patient: np.ndarray) -> str:
-    figure = _new_figure(10, 5.0)
+    figure = new_figure(10, 5.0)
     rng = np.random.default_rng(0)  # horizontal jitter of the points only
     for k, metric in enumerate(graph.comparison.index):
         ax = figure.add_subplot(2, 3, k + 1)
@@ -45,11 +45,7 @@ def _plot_metrics(graph: GraphResults, patient: np.ndarray) -> str:
         ax.set_title(f"{metric}\nt={row.t:.2f}, p={row.p:.3g}, q={row.p_fdr:.3g}", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-    return _png_uri(figure)
-
-
-def _fmt(value) -> str:
-    return "n/a" if not np.isfinite(value) else f"{value:.3g}"
+    return png_uri(figure)
 
 
 def graph_section(graph: GraphResults, patient: np.ndarray) -> list[str]:
@@ -69,9 +65,9 @@ def graph_section(graph: GraphResults, patient: np.ndarray) -> list[str]:
     """
     head = "<tr><th>metric</th><th>mean patients</th><th>mean controls</th><th>t</th>" \
            "<th>p</th><th>q<sub>FDR</sub></th></tr>"
-    rows = [f"<tr><td>{_esc(m)}</td><td>{_fmt(r.mean_patients)}</td>"
-            f"<td>{_fmt(r.mean_controls)}</td><td>{_fmt(r.t)}</td><td>{_fmt(r.p)}</td>"
-            f"<td>{_fmt(r.p_fdr)}</td></tr>" for m, r in graph.comparison.iterrows()]
+    rows = [f"<tr><td>{esc(m)}</td><td>{fmt_sig(r.mean_patients)}</td>"
+            f"<td>{fmt_sig(r.mean_controls)}</td><td>{fmt_sig(r.t)}</td><td>{fmt_sig(r.p)}</td>"
+            f"<td>{fmt_sig(r.p_fdr)}</td></tr>" for m, r in graph.comparison.iterrows()]
     body = [
         f"<p>{len(graph.nodes)} regions (nodes); Fisher-z FC of their mean cleaned series; "
         f"binary graphs keeping the strongest positive {100 * graph.density:g}% of the edges; "
@@ -81,20 +77,20 @@ def graph_section(graph: GraphResults, patient: np.ndarray) -> list[str]:
         "Benjamini-Hochberg FDR over the metrics.</p>",
     ]
     if graph.dropped:
-        body.append(_note(f"Left out (no voxel in some subject's mask): "
+        body.append(note(f"Left out (no voxel in some subject's mask): "
                           f"{', '.join(graph.dropped)}."))
     nodal = graph.nodal.sort_values("p").head(5)
-    nodal_rows = [f"<tr><td>{_esc(m)}</td><td>{_fmt(r.mean_patients)}</td>"
-                  f"<td>{_fmt(r.mean_controls)}</td><td>{_fmt(r.t)}</td><td>{_fmt(r.p)}</td>"
-                  f"<td>{_fmt(r.p_fdr)}</td></tr>" for m, r in nodal.iterrows()]
+    nodal_rows = [f"<tr><td>{esc(m)}</td><td>{fmt_sig(r.mean_patients)}</td>"
+                  f"<td>{fmt_sig(r.mean_controls)}</td><td>{fmt_sig(r.t)}</td><td>{fmt_sig(r.p)}</td>"
+                  f"<td>{fmt_sig(r.p_fdr)}</td></tr>" for m, r in nodal.iterrows()]
     body += [f'<table class="summary">{head}' + "".join(rows) + "</table>",
              f"<h3>Nodal degree</h3><p>Five nodes of smallest p of {len(graph.nodes)} "
-             f"(q<sub>FDR</sub> over the nodes; all in <code>{_esc(graph.files['nodal'])}"
+             f"(q<sub>FDR</sub> over the nodes; all in <code>{esc(graph.files['nodal'])}"
              "</code>).</p>",
              f'<table class="summary">{head.replace("metric", "node")}'
              + "".join(nodal_rows) + "</table>",
-             _img(_plot_metrics(graph, patient), "graph metrics by group"),
-             _img(_plot_fc(graph, patient), "mean FC matrices by group")]
+             img(_plot_metrics(graph, patient), "graph metrics by group"),
+             img(_plot_fc(graph, patient), "mean FC matrices by group")]
     return body
 
 
@@ -106,7 +102,7 @@ def _plot_component(ica: ICAResults, k: int, bg, contour) -> str:
     img = nib.Nifti1Image(maps.astype(np.float32), ica.affine)
     peak = np.unravel_index(np.argmax(maps), maps.shape)
     cut = ica.affine[:3, :3] @ np.asarray(peak, float) + ica.affine[:3, 3]
-    figure = _new_figure(9, 2.6, layout=None)
+    figure = new_figure(9, 2.6, layout=None)
     ratio = ica.model.explained_variance_ratio_[k]
     display = plot_stat_map(
         img, bg_img=bg, figure=figure, display_mode="ortho", cut_coords=cut,
@@ -115,7 +111,7 @@ def _plot_component(ica: ICAResults, k: int, bg, contour) -> str:
         resampling_interpolation="nearest")
     if contour is not None:
         display.add_contours(contour, levels=[0.5], colors="k", linewidths=1)
-    return _png_uri(figure)
+    return png_uri(figure)
 
 
 def ica_section(ica: ICAResults, bg, contour) -> list[str]:
@@ -142,11 +138,11 @@ def ica_section(ica: ICAResults, bg, contour) -> list[str]:
         + (" (Minka's MLE of the dimension)" if auto else "")
         + ", FastICA (scikit-learn), maps z-scored with their heavy tail positive; subject "
         "maps and time courses by dual regression (written to "
-        f"<code>{_esc(ica.files.get('subject_maps', ''))}</code>). Maps thresholded at "
+        f"<code>{esc(ica.files.get('subject_maps', ''))}</code>). Maps thresholded at "
         f"|z| &gt; {_ICA_THRESHOLD:g} for display.</p>",
     ]
     n_show = min(model.n_components_, _MAX_ICA_FIGURES)
     if n_show < model.n_components_:
-        body.append(_note(f"First {n_show} of {model.n_components_} components shown."))
-    body += [_img(_plot_component(ica, k, bg, contour), f"IC {k + 1}") for k in range(n_show)]
+        body.append(note(f"First {n_show} of {model.n_components_} components shown."))
+    body += [img(_plot_component(ica, k, bg, contour), f"IC {k + 1}") for k in range(n_show)]
     return body

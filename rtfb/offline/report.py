@@ -21,7 +21,7 @@ import pandas as pd
 
 from .. import __version__
 from .._utils.checks import _check_option
-from ..session.report import _CSS, _esc, _img, _new_figure, _note, _png_uri, _section
+from ..reporting import REPORT_CSS, esc, fmt_sig, img, new_figure, note, png_uri, section
 from .design_report import design_methods, design_scatter, design_summary
 from .group import ContrastResult, GroupResults
 from .network_report import graph_section, ica_section
@@ -73,7 +73,7 @@ def _plot_contrast(c: ContrastResult, results: GroupResults, bg, contour) -> str
     img = nib.Nifti1Image(c.t.astype(np.float32), results.affine)
     cut = results.affine[:3, :3] @ np.asarray(c.peak_ijk, float) + results.affine[:3, 3]
     vmax = max(float(np.abs(c.t).max()), c.threshold, 1e-6)
-    figure = _new_figure(9, 3.0, layout=None)  # nilearn places its own axes
+    figure = new_figure(9, 3.0, layout=None)  # nilearn places its own axes
     title = f"{c.metric}: {c.label} (t, df={c.df})"
     display = plot_stat_map(
         img, bg_img=bg, figure=figure, display_mode="ortho", cut_coords=cut,
@@ -81,7 +81,7 @@ def _plot_contrast(c: ContrastResult, results: GroupResults, bg, contour) -> str
         black_bg=False, colorbar=True, title=title, resampling_interpolation="nearest")
     if contour is not None:
         display.add_contours(contour, levels=[0.5], colors="k", linewidths=1)
-    return _png_uri(figure)
+    return png_uri(figure)
 
 
 def _plot_scatter(c: ContrastResult, results: GroupResults) -> str:
@@ -90,7 +90,7 @@ def _plot_scatter(c: ContrastResult, results: GroupResults) -> str:
     patient = table["patient"].to_numpy(bool)
     used = table.index.isin(c.subjects)
     y = c.peak_values
-    figure = _new_figure(4.8, 3.6)
+    figure = new_figure(4.8, 3.6)
     ax = figure.add_subplot()
     for mask, colour, name in ((patient, "tab:red", "patients"),
                                (~patient, "tab:blue", "controls")):
@@ -111,32 +111,24 @@ def _plot_scatter(c: ContrastResult, results: GroupResults) -> str:
     ax.set_ylabel(f"{c.metric} value")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
-    return _png_uri(figure)
-
-
-def _fmt_num(value, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and not np.isfinite(value)):
-        return "n/a"
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    return f"{float(value):.{digits}g}"
+    return png_uri(figure)
 
 
 def _cluster_html(table: pd.DataFrame) -> str:
     if table.empty:
-        return _note("No cluster at p_FWE < alpha.")
+        return note("No cluster at p_FWE < alpha.")
     head = "".join(f"<th>{v}</th>" for v in _CLUSTER_COLUMNS.values())
     rows = []
     for r in table.itertuples():
         cells = [
             str(r.cluster), "+" if r.sign > 0 else "−", str(r.size_voxels),
-            _fmt_num(r.size_mm3), f"{r.peak_value:.2f}",
+            fmt_sig(r.size_mm3), f"{r.peak_value:.2f}",
             f"({r.peak_i}, {r.peak_j}, {r.peak_k})",
             f"({r.peak_x:.1f}, {r.peak_y:.1f}, {r.peak_z:.1f})",
             f"({r.com_x:.1f}, {r.com_y:.1f}, {r.com_z:.1f})",
-            _fmt_num(r.p_fwe_peak), _fmt_num(r.q_fdr_peak),
+            fmt_sig(r.p_fwe_peak), fmt_sig(r.q_fdr_peak),
         ]
-        rows.append("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in cells) + "</tr>")
+        rows.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>")
     return f'<table class="clusters"><tr>{head}</tr>\n' + "\n".join(rows) + "</table>"
 
 
@@ -148,12 +140,12 @@ def _methods(results: GroupResults) -> list[str]:
     n_mask = int(results.mask.sum())
     paras = [
         f"Per-subject maps ({', '.join(results.metrics)}) were read from "
-        f"<code>{_esc(results.deriv_dir / 'rtfb')}</code> and analysed on the intersection of "
+        f"<code>{esc(results.deriv_dir / 'rtfb')}</code> and analysed on the intersection of "
         f"the subjects' brain masks ({n_mask} voxels, finite in every map).",
         "For each metric two ordinary-least-squares models were fitted at every voxel: "
         "<b>patients &gt; controls</b> (two-sample t; positive t = patients higher) and "
         f"<b>VAS correlation</b> (slope of the VAS score) in {vas_who}. Covariates "
-        f"(mean-centred): {_esc(covs)}; sex coded 1 = female, 0 = male; a covariate constant "
+        f"(mean-centred): {esc(covs)}; sex coded 1 = female, 0 = male; a covariate constant "
         "in the analysed subjects is dropped (see Notes).",
         "Family-wise error (FWE) was controlled with a two-sided Freedman-Lane permutation "
         f"test of the maximum |t| over voxels ({results.n_permutations} permutations, the "
@@ -168,7 +160,7 @@ def _methods(results: GroupResults) -> list[str]:
     ]
     if results.classification is not None or results.vas_regression is not None:
         paras.append(
-            f"Multivariate prediction from the in-mask {_esc(results.classify_metric)} voxel "
+            f"Multivariate prediction from the in-mask {esc(results.classify_metric)} voxel "
             "values: linear SVM classification of patients vs controls and ridge regression "
             "of the patients' VAS, both with nested stratified cross-validation (standardisation"
             " and hyper-parameter search refitted inside every training fold). The accuracy "
@@ -186,35 +178,35 @@ def _classification_html(results: GroupResults) -> list[str]:
             f"{res.p_value:.3g} ({res.permutation_scores.size} permutations)")
         body.append(
             '<table class="summary">'
-            f"<tr><th>Features</th><td>{_esc(results.classify_metric)} "
+            f"<tr><th>Features</th><td>{esc(results.classify_metric)} "
             f"({int(results.mask.sum())} voxels)</td></tr>"
             f"<tr><th>Mean accuracy</th><td>{res.mean_accuracy:.3f}</td></tr>"
             f"<tr><th>95% CI (t over folds)</th><td>[{res.ci[0]:.3f}, {res.ci[1]:.3f}]</td></tr>"
             f"<tr><th>Chance (majority class)</th><td>{res.chance:.3f}</td></tr>"
-            f"<tr><th>Permutation p</th><td>{_esc(p)}</td></tr>"
-            f"<tr><th>Fold accuracies</th><td>{_esc(folds)}</td></tr></table>")
+            f"<tr><th>Permutation p</th><td>{esc(p)}</td></tr>"
+            f"<tr><th>Fold accuracies</th><td>{esc(folds)}</td></tr></table>")
     reg = results.vas_regression
     if reg is not None:
         body.append(
             "<h3>VAS regression (patients)</h3>"
             '<table class="summary">'
-            f"<tr><th>Out-of-fold Pearson r</th><td>{_fmt_num(reg.r)}</td></tr>"
-            f"<tr><th>Parametric p (optimistic)</th><td>{_fmt_num(reg.p_value)}</td></tr>"
-            f"<tr><th>Out-of-fold R²</th><td>{_fmt_num(reg.r2)}</td></tr>"
+            f"<tr><th>Out-of-fold Pearson r</th><td>{fmt_sig(reg.r)}</td></tr>"
+            f"<tr><th>Parametric p (optimistic)</th><td>{fmt_sig(reg.p_value)}</td></tr>"
+            f"<tr><th>Out-of-fold R²</th><td>{fmt_sig(reg.r2)}</td></tr>"
             f"<tr><th>Ridge α per fold</th><td>"
-            f"{_esc(', '.join(f'{a:g}' for a in reg.best_alphas))}</td></tr></table>")
+            f"{esc(', '.join(f'{a:g}' for a in reg.best_alphas))}</td></tr></table>")
     return body
 
 
 def _subjects_html(results: GroupResults) -> str:
     table = results.participants
     cols = [c for c in table.columns if c != "patient"]
-    head = "<th>participant_id</th>" + "".join(f"<th>{_esc(c)}</th>" for c in cols)
+    head = "<th>participant_id</th>" + "".join(f"<th>{esc(c)}</th>" for c in cols)
     rows = []
     for sid, row in table[cols].iterrows():
-        cells = [sid] + [_fmt_num(v) if isinstance(v, (float, np.floating)) else v
+        cells = [sid] + [fmt_sig(v) if isinstance(v, (float, np.floating)) else v
                          for v in row]
-        rows.append("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in cells) + "</tr>")
+        rows.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>")
     n_pat = int(table["patient"].sum())
     return (f"<p>{len(table)} subjects: {n_pat} patients, {len(table) - n_pat} controls.</p>"
             f'<table class="subjects"><tr>{head}</tr>\n' + "\n".join(rows) + "</table>")
@@ -247,19 +239,19 @@ def write_group_report(deriv_dir, results: GroupResults, *, background: str = "a
 
     sections = []
     if results.warnings:
-        sections.append(_section("warnings", "Warnings", [
+        sections.append(section("warnings", "Warnings", [
             '<ul class="warnings">' + "".join(
-                f"<li><b>{_esc(w)}</b></li>" for w in results.warnings) + "</ul>"]))
+                f"<li><b>{esc(w)}</b></li>" for w in results.warnings) + "</ul>"]))
     sections += [
-        _section("methods", "Methods", _methods(results) if results.design is None
+        section("methods", "Methods", _methods(results) if results.design is None
                  else design_methods(results)),
-        _section("subjects", "Subjects", [_subjects_html(results)]),
+        section("subjects", "Subjects", [_subjects_html(results)]),
     ]
     if results.notes:
-        sections.append(_section("notes", "Notes", ["<ul>" + "".join(
-            f"<li>{_esc(n)}</li>" for n in results.notes) + "</ul>"]))
+        sections.append(section("notes", "Notes", ["<ul>" + "".join(
+            f"<li>{esc(n)}</li>" for n in results.notes) + "</ul>"]))
     for metric in results.metrics:
-        body = [_note(bg_note)]
+        body = [note(bg_note)]
         for (m, _key), c in results.contrasts.items():
             if m != metric:
                 continue
@@ -268,40 +260,40 @@ def write_group_report(deriv_dir, results: GroupResults, *, background: str = "a
                       f"no voxel at p<sub>FWE</sub> &lt; {results.alpha:g} (unthresholded t "
                       "map shown)")
             body += [
-                f"<h3>{_esc(c.label)}</h3>",
+                f"<h3>{esc(c.label)}</h3>",
                 f"<p>{len(c.subjects)} subjects, df = {c.df}, covariates: "
-                f"{_esc(', '.join(c.covariates) or 'none')}; FWE critical |t| = "
+                f"{esc(', '.join(c.covariates) or 'none')}; FWE critical |t| = "
                 f"{c.threshold:.2f}; {status}; min q<sub>FDR</sub> = "
                 f"{float(c.q_fdr[results.mask].min()):.3g}.</p>",
-                _img(_plot_contrast(c, results, bg, contour), f"{metric} {c.label} t map"),
+                img(_plot_contrast(c, results, bg, contour), f"{metric} {c.label} t map"),
                 "<h4>Clusters</h4>", _cluster_html(c.clusters),
             ]
             if results.design is None:
-                body.append(_img(_plot_scatter(c, results), f"{metric} {c.label} value vs VAS"))
+                body.append(img(_plot_scatter(c, results), f"{metric} {c.label} value vs VAS"))
             else:
                 body += [design_summary(c, results),
-                         _img(design_scatter(c, results), f"{metric} {c.label} peak values")]
-        sections.append(_section(f"metric-{metric}", f"Metric: {metric}", body))
+                         img(design_scatter(c, results), f"{metric} {c.label} peak values")]
+        sections.append(section(f"metric-{metric}", f"Metric: {metric}", body))
     patient = results.participants["patient"].to_numpy(bool)
     if results.graph is not None:
-        sections.append(_section("graph", "Graph metrics (ROI-to-ROI FC)",
+        sections.append(section("graph", "Graph metrics (ROI-to-ROI FC)",
                                  graph_section(results.graph, patient)))
     if results.ica is not None:
-        sections.append(_section("ica", "Group ICA",
-                                 [_note(bg_note), *ica_section(results.ica, bg, contour)]))
+        sections.append(section("ica", "Group ICA",
+                                 [note(bg_note), *ica_section(results.ica, bg, contour)]))
     if results.classification is not None or results.vas_regression is not None:
-        sections.append(_section("classification", "Classification",
+        sections.append(section("classification", "Classification",
                                  _classification_html(results)))
 
     now = _dt.datetime.now().isoformat(timespec="seconds")
     page = "\n".join([
         "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
-        "<title>rtfb group analysis</title>", f"<style>{_CSS}</style>", "</head>", "<body>",
+        "<title>rtfb group analysis</title>", f"<style>{REPORT_CSS}</style>", "</head>", "<body>",
         "<h1>rtfb offline group analysis</h1>",
-        f"<p>Metrics: {_esc(', '.join(results.metrics))}; outputs in "
-        f"<code>{_esc(results.out_dir)}</code>.</p>",
+        f"<p>Metrics: {esc(', '.join(results.metrics))}; outputs in "
+        f"<code>{esc(results.out_dir)}</code>.</p>",
         *sections,
-        f"<footer>Generated {now} by rtfb {_esc(__version__)}.</footer>",
+        f"<footer>Generated {now} by rtfb {esc(__version__)}.</footer>",
         "</body>", "</html>",
     ])
     path = out_dir / "report.html"

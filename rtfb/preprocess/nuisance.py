@@ -737,6 +737,46 @@ class IncrementalGLM:
             self._coef = (coef @ vt.T) @ vt
         return self._coef
 
+    def clean(self, Y, X, signals=None) -> np.ndarray:  # noqa: N803 (Y, X are matrices)
+        """Any rows of data minus their nuisance fitted with the *current* estimate.
+
+        This is how a sliding metric gets a window cleaned by one consistent model: every
+        sample of the window (given here with its design row) is cleaned with the same,
+        newest estimate, ``Y - X B`` with ``B`` the least-squares fit of all the volumes
+        of the current fit. For rows that belong to the fit the result does not depend
+        on which least-squares solution is used (rank-deficient designs included).
+
+        Parameters
+        ----------
+        Y : array-like, shape (n, n_selected)
+            Data of ``n`` volumes for the selected signals (as given to
+            :meth:`partial_fit`, i.e. before cleaning).
+        X : array-like, shape (n, n_regressors_)
+            Their design rows.
+        signals : array-like of int | None
+            Indices of the selected signals among the ``n_signals_`` (``None``: all).
+
+        Returns
+        -------
+        numpy.ndarray, shape (n, n_selected)
+            Cost O(n p n_selected).
+        """
+        self._check_fitted()
+        X = np.asarray(X, dtype=np.float64)
+        Y = np.asarray(Y, dtype=np.float64)
+        sel = slice(None) if signals is None else np.asarray(signals)
+        ref, z = self._ref[sel], self._z[sel]
+        if X.ndim != 2 or X.shape[1] != self.n_regressors_:
+            raise ValueError(f"X must have shape (n, {self.n_regressors_}), got {X.shape}.")
+        if Y.shape != (X.shape[0], ref.size):
+            raise ValueError(f"Y must have shape ({X.shape[0]}, {ref.size}) (rows of X x "
+                             f"selected signals), got {Y.shape}.")
+        h = (X @ self._p) @ self._gram_pinv_white()
+        res = (Y - ref) - h @ z.T
+        if not self._intercept:  # constant not in the design: correct for the offset y_0
+            res += np.outer(1.0 - h @ self._sxw, ref)
+        return res
+
     def residuals(self, Y=None) -> np.ndarray:  # noqa: N803 (Y is a matrix)
         """Data of the current fit minus the nuisance fitted with the current estimate.
 

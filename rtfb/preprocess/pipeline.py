@@ -32,6 +32,7 @@ class PreprocessResult:
     fd: float
     censored: bool
     flags: tuple[str, ...]
+    design_row: np.ndarray | None = None
 
 
 class Preprocessor:
@@ -182,6 +183,30 @@ class Preprocessor:
             return uncleaned.copy()
         return self._glm.residuals(uncleaned) + self._offset
 
+    def clean_rows(self, uncleaned, design_rows, signals=None) -> np.ndarray:
+        """Clean earlier volumes with the *current* nuisance estimate (one consistent model).
+
+        Parameters
+        ----------
+        uncleaned : array-like, shape (n, n_selected)
+            ``PreprocessResult.uncleaned`` of ``n`` volumes, restricted to ``signals``.
+        design_rows : array-like, shape (n, n_regressors) | None
+            Their ``PreprocessResult.design_row`` (ignored without a GLM).
+        signals : array-like of int | None
+            In-mask indices of the selected voxels (``None``: all).
+
+        Returns
+        -------
+        numpy.ndarray, shape (n, n_selected)
+            Residuals of the current fit plus the reference values (as ``data``); without
+            a GLM, a copy of ``uncleaned``.
+        """
+        uncleaned = np.asarray(uncleaned, dtype=np.float64)
+        if self._glm is None:
+            return uncleaned.copy()
+        offset = self._offset if signals is None else self._offset[np.asarray(signals)]
+        return self._glm.clean(uncleaned, design_rows, signals) + offset
+
     def _check(self, volume: Volume) -> np.ndarray:
         if not hasattr(self, "reference_"):
             raise RuntimeError("Preprocessor is not fitted: call fit(reference) first.")
@@ -235,6 +260,7 @@ class Preprocessor:
         if self._smoother is not None:
             current = self._smoother.transform(current, out=self._smoothed)
         np.take(current.ravel(), self._mask_index, out=self._y)
+        row = None
         if self._glm is not None:
             row = self._design.row(volume.index, motion=params)
             self._glm.partial_fit(self._y, row)
@@ -246,4 +272,5 @@ class Preprocessor:
         self.n_seen_ += 1
         return PreprocessResult(index=volume.index, data=self._out, uncleaned=self._y,
                                 motion=params.copy(),
-                                fd=float(self._fd.fd_), censored=censored, flags=tuple(flags))
+                                fd=float(self._fd.fd_), censored=censored, flags=tuple(flags),
+                                design_row=row)

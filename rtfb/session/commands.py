@@ -12,19 +12,16 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.live import Live
-from rich.table import Table
+from .._utils.argtypes import bids_label, integer, number, port, zmq_address
+from ..exceptions import UsageError
+from .preflight import check_run_arguments, new_feedback_key, tcp_key
 
-from .record_reader import load_record
-from .runner import (
-    Session,
-    SessionStatus,
-    load_recorded_protocol,
-    replay_session,
-    session_dir_name,
-)
+if TYPE_CHECKING:  # the session stack is imported when a command runs, not for --help
+    from rich.table import Table
+
+    from .runner import SessionStatus
 
 logger = logging.getLogger("rtfb.session")
 
@@ -37,21 +34,45 @@ def add_run_parser(sub) -> None:
                                    "feedback over ZeroMQ, recorded in a session folder.")
     p.add_argument("protocol", nargs="?", help="protocol TOML file (see protocols/)")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--watch", metavar="DIR", help="scanner export folder to watch")
-    src.add_argument("--tcp", metavar="PORT", type=int, help="receive volumes on this TCP port")
+    src.add_argument("--watch", metavar="DIR",
+                     help="scanner export folder to watch; series folders created below it "
+                          "after the start (GE p/e/s, Philips NNNN, per-series) are followed")
+    src.add_argument("--tcp", metavar="PORT", type=port, help="receive volumes on this TCP port")
     src.add_argument("--simulate", action="store_true",
                      help="stream a synthetic subject (no scanner) and show a headless display")
+    p.add_argument("--key", metavar="FILE", default=None,
+                   help="--tcp: secret key file shared with the sender, created with a new "
+                        "random key (mode 0600) if missing (default: "
+                        "~/.rtfb/keys/tcp-ingest.key); frames without a valid tag are refused")
+    p.add_argument("--listen", metavar="HOST", default="127.0.0.1",
+                   help="--tcp: interface to listen on (default 127.0.0.1; another one, e.g. "
+                        "0.0.0.0 for a sender on another computer, needs --key)")
     p.add_argument("--out", metavar="DIR", default="sessions",
                    help="parent folder of the session folder (default: ./sessions)")
-    p.add_argument("--participant", default="anon", help="participant label (no PHI)")
+    p.add_argument("--participant", default="anon", type=bids_label,
+                   help="participant label: letters and digits only (BIDS label, no PHI)")
     p.add_argument("--resume", metavar="SESSION_DIR",
                    help="continue a session that stopped (crash, kill) from its record")
-    p.add_argument("--speed", type=float, default=20.0,
+    p.add_argument("--speed", type=number(gt=0, le=1000), default=20.0,
                    help="--simulate: volumes come every TR/speed seconds (default 20)")
-    p.add_argument("--shape", type=int, nargs=3, default=(40, 40, 24), metavar=("X", "Y", "Z"),
+    p.add_argument("--shape", type=integer(ge=8, le=256), nargs=3, default=(40, 40, 24),
+                   metavar=("X", "Y", "Z"),
                    help="--simulate: grid of the synthetic subject")
-    p.add_argument("--zmq", metavar="ADDRESS", help="override the protocol's ZeroMQ address")
-    p.add_argument("--idle-timeout", type=float, default=None,
+    p.add_argument("--participant-model", default="responder",
+                   choices=("responder", "non-responder", "learner"),
+                   help="--simulate: virtual participant whose target signal follows the "
+                        "protocol's blocks (default: responder); its truth is copied into "
+                        "the session folder (simulation/)")
+    p.add_argument("--participant-run", type=integer(ge=1, le=1000), default=1, metavar="N",
+                   help="--simulate: run number of the virtual participant (a learner "
+                        "improves with it; default 1)")
+    p.add_argument("--zmq", metavar="ADDRESS", type=zmq_address,
+                   help="override the protocol's ZeroMQ address")
+    p.add_argument("--feedback-key", metavar="FILE", default=None,
+                   help="file receiving this session's new feedback signing key, which "
+                        "displays need (default: ~/.rtfb/keys/feedback-<address>.key, "
+                        "where rtfb display --address looks for it)")
+    p.add_argument("--idle-timeout", type=number(gt=0), default=None,
                    help="stop when no volume was accepted for this many seconds (counted "
                         "from the last accepted volume, or the start)")
     p.add_argument("--series", metavar="NUMBER|UID",
@@ -87,6 +108,8 @@ def add_report_parser(sub) -> None:
 
 
 def _status_table(status: SessionStatus, n_expected: int) -> Table:
+    from rich.table import Table
+
     table = Table(title="rtfb session", show_header=True)
     for col in ("volume", "block", "feedback", "FD (mm)", "latency (ms)", "missing", "late",
                 "flags"):
@@ -129,13 +152,17 @@ def _remove_dead_simulations() -> None:
 
 
 def _simulated_source(protocol, tmp: Path, speed: float, shape, stop: threading.Event,
-                      first_index: int = 0):
-    from simulator import make_subject, stream, write_subject
+                      first_index: int = 0, model: str = "responder", run: int = 1):
+    from simulator import stream, write_subject
+    from simulator.participant import ParticipantModel, make_participant
 
     from ..ingest import FolderWatcher
 
-    subject = make_subject(shape=tuple(shape), n_volumes=protocol.session.volumes,
-                           tr=protocol.session.tr, motion=True, seed=0)
+    tables = {"session": {"tr": protocol.session.tr, "volumes": protocol.session.volumes},
+              "blocks": [{"condition": b.condition, "volumes": b.volumes,
+                          "feedback": b.feedback} for b in protocol.blocks]}
+    subject = make_participant(tables, ParticipantModel(kind=model, run=run),
+                               shape=tuple(shape), motion=True, seed=0)
     write_subject(subject, tmp / "subject")
     export = tmp / "export"
     export.mkdir()
@@ -151,16 +178,25 @@ def _simulated_source(protocol, tmp: Path, speed: float, shape, stop: threading.
 
 def run_command(args: argparse.Namespace) -> int:
     """``rtfb run``."""
+    from rich.console import Console
+    from rich.live import Live
+
     from ..config import load_protocol
     from ..feedback.publisher import FeedbackPublisher
-    from ..ingest import FolderWatcher, TCPReceiver
+    from ..ingest import TCPReceiver
+    from ..ingest.layouts import SeriesFolderWatcher
+    from .runner import Session, load_recorded_protocol, session_dir_name
+    from .verify import verify_record
 
     console = Console()
     resume_dir = Path(args.resume) if args.resume else None
     first_index = 0
     if resume_dir is not None:
+        try:  # same protocol, intact inputs
+            record = verify_record(resume_dir, args.protocol)
+        except (OSError, ValueError) as err:
+            raise UsageError(f"cannot resume {resume_dir}: {err}") from None
         try:
-            record = load_record(resume_dir)
             protocol = load_recorded_protocol(resume_dir)
         except (FileNotFoundError, ValueError) as err:
             console.print(f"rtfb run: cannot resume {resume_dir}: {err}")
@@ -182,6 +218,7 @@ def run_command(args: argparse.Namespace) -> int:
     else:
         protocol = load_protocol(args.protocol)
     address = args.zmq or protocol.output.zmq_address
+    check_run_arguments(args, address, resume=resume_dir is not None)
     if args.dashboard is not None:
         from ..dashboard.server import check_address
 
@@ -202,18 +239,28 @@ def run_command(args: argparse.Namespace) -> int:
         atexit.register(shutil.rmtree, tmp, ignore_errors=True)  # ~130 MB: never left behind
         console.print(f"simulating a subject in {tmp} (TR {protocol.session.tr} s played at "
                       f"{args.speed}x; removed at the end)")
-        source, player, simulator_dir = _simulated_source(protocol, tmp, args.speed, args.shape,
-                                                          stop, first_index)
+        if args.participant_run < 1:
+            args.command_parser.error(f"--participant-run must be >= 1, got "
+                                      f"{args.participant_run}")
+        source, player, simulator_dir = _simulated_source(
+            protocol, tmp, args.speed, args.shape, stop, first_index, args.participant_model,
+            args.participant_run)
         source_info = {"kind": "simulate", "speed": args.speed, "shape": list(args.shape),
-                       "seed": 0}
+                       "seed": 0, "participant_model": args.participant_model,
+                       "participant_run": args.participant_run}
     elif args.watch:
-        source = FolderWatcher(args.watch, first_index=first_index, series=args.series,
-                               accept_existing=args.accept_existing or resume_dir is not None,
-                               tr=protocol.session.tr)
+        source = SeriesFolderWatcher(args.watch, first_index=first_index, series=args.series,
+                                     accept_existing=args.accept_existing
+                                     or resume_dir is not None,
+                                     tr=protocol.session.tr)
         source_info = {"kind": "watch", "directory": str(Path(args.watch).resolve())}
     elif args.tcp is not None:
-        source = TCPReceiver(port=args.tcp, first_index=first_index, tr=protocol.session.tr)
-        source_info = {"kind": "tcp", "port": args.tcp}
+        key, key_path = tcp_key(args)
+        source = TCPReceiver(host=args.listen, port=args.tcp, key=key, first_index=first_index,
+                             tr=protocol.session.tr)
+        source_info = {"kind": "tcp", "port": args.tcp, "host": args.listen}
+        console.print(f"receiving volumes on {args.listen}:{args.tcp}; senders sign their "
+                      f"frames with the key file {key_path}")
     else:
         args.command_parser.error("choose a source: --watch DIR, --tcp PORT or --simulate")
     out_dir = resume_dir or Path(args.out) / session_dir_name(protocol.session.name,
@@ -222,8 +269,12 @@ def run_command(args: argparse.Namespace) -> int:
     session = Session(protocol, out_dir, source_info=source_info,
                       simulator_dir=simulator_dir, resume=resume_dir is not None)
     publisher = FeedbackPublisher(address, session_id=session.session_id,
-                                  on_sent=session.record_message)
+                                  on_sent=session.record_message,
+                                  key=new_feedback_key(args.feedback_key, address))
     session.publisher = publisher
+    if simulator_dir is not None:  # the virtual participant's truth, for the report/tests
+        shutil.copytree(simulator_dir, out_dir / "simulation", dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("bold.nii.gz"))
 
     finished = threading.Event()  # not Thread.join(): an interrupted join() can return early
 
@@ -244,7 +295,7 @@ def run_command(args: argparse.Namespace) -> int:
         if args.simulate:
             from ..display.headless import HeadlessDisplay
 
-            display = HeadlessDisplay(publisher.endpoint)
+            display = HeadlessDisplay(publisher.endpoint, key=publisher.key)
             display.start()
         if args.dashboard is not None:
             dashboard = _start_dashboard(args, session, publisher.endpoint, finished, console)
@@ -299,7 +350,8 @@ def _start_dashboard(args, session, endpoint, finished, console):
     dashboard = LiveDashboard(session.out_dir, endpoint, session.commands,
                               port=args.dashboard, host=args.dashboard_host,
                               roi=m.roi or m.target or m.seed,
-                              accepting=lambda: not finished.is_set()).start()
+                              accepting=lambda: not finished.is_set(),
+                              key=getattr(session.publisher, "key", None)).start()
     token = dashboard.server.token
     console.print(f"dashboard: {dashboard.server.operator_url}", soft_wrap=True)
     console.print(f"operator token: {token}", soft_wrap=True)
@@ -310,6 +362,11 @@ def replay_command(args: argparse.Namespace) -> int:
     """``rtfb replay``: re-run the record and compare feedback values bit for bit."""
     session_dir = Path(args.session_dir)
     out = Path(args.out) if args.out else session_dir / f"replay-{time.strftime('%Y%m%dT%H%M%S')}"
+    from .record_reader import load_record
+    from .runner import replay_session
+    from .verify import verify_record
+
+    verify_record(session_dir)  # names the first changed volume before anything runs
     replay_session(session_dir, out)
     original, replayed = load_record(session_dir), load_record(out)
     keys = ("index", "feedback", "feedback_value", "metrics", "motion", "fd", "flags")
@@ -325,10 +382,6 @@ def report_command(args: argparse.Namespace) -> int:
     """``rtfb report``."""
     from .report import write_report
 
-    try:
-        path = write_report(args.session_dir, out=args.out)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"rtfb report: {err}")
-        return 1
+    path = write_report(args.session_dir, out=args.out)  # errors: one line, status 2 (cli)
     print(f"report written to {path}")
     return 0

@@ -1,8 +1,19 @@
-"""Turns each preprocessed volume into the protocol's metric values (and live maps).
+"""Turns each preprocessed volume into the protocol's metric values (and whole-brain maps).
 
-The primary metric is computed only where it is needed (ROI voxels, the ROI plus its
-neighbours for ReHo, seed and target voxels for FC), unless whole-brain maps are asked for;
-then whole-brain states are updated every volume and the ROI value is read off the map.
+The value fed back is the *batch* metric applied to the window's data cleaned by one
+consistent nuisance model: every sample of the window is cleaned with the current
+(newest) nuisance estimate, not with the estimate that existed when it arrived. The engine
+keeps the window of *uncleaned* samples (realigned, smoothed, masked) of the voxels it
+needs, and their design rows, in ring buffers; each TR it cleans the whole window with the
+preprocessor's current fit (:meth:`rtfb.preprocess.pipeline.Preprocessor.clean_rows`,
+O(window x regressors x voxels)) and applies the batch metric of :mod:`rtfb.metrics`
+(ALFF/fALFF, seed FC, ReHo, PSC) to it. Cleaning each sample once on arrival would mix
+models: early in a run the fit of a few volumes removes most of a sample's variance, so
+the first windows' ALFF was biased low and rose for minutes with a constant signal.
+
+Only the needed voxels are kept for the fed-back value (ROI voxels; ROI plus its
+neighbours for ReHo; seed and target for FC). Whole-brain maps keep the whole in-mask
+window and are computed on demand (:meth:`MetricEngine.current_map`, at block ends).
 """
 
 from __future__ import annotations
@@ -10,40 +21,58 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from ..metrics import SlidingALFF, SlidingPSC, SlidingReHo, SlidingSeedFC
+from ..metrics import SlidingReHo, alff, falff, reho, seed_fc
 
 MAP_KINDS = ("alff", "falff", "reho")
 
 
-def _state(kind: str, window: int, tr: float, band, neighborhood: int, mask3d,
-           convention: str = "rtfb"):
-    if kind in ("alff", "falff"):
-        return SlidingALFF(window, tr, band, convention=convention)
-    if kind == "reho":
-        return SlidingReHo(window, mask3d, neighborhood)
-    raise ValueError(f"No map state for metric kind {kind!r}; expected one of {MAP_KINDS}.")
+class _Window:
+    """Ring buffer of the last ``n`` samples (rows) of ``width`` values, time order on read."""
 
+    def __init__(self, n: int):
+        self.n = n
+        self.n_seen = 0
+        self.buf = None
 
-def _read(state, kind: str) -> np.ndarray:
-    return {"alff": lambda s: s.alff_, "falff": lambda s: s.falff_,
-            "reho": lambda s: s.reho_}[kind](state)
+    def push(self, row) -> None:
+        if self.buf is None:
+            row = np.asarray(row, dtype=np.float64)
+            self.buf = np.zeros((self.n, row.size))
+        self.buf[self.n_seen % self.n] = row
+        self.n_seen += 1
+
+    def repeat(self) -> None:
+        """Push the newest sample again (a missing volume)."""
+        self.push(self.buf[(self.n_seen - 1) % self.n].copy())
+
+    @property
+    def full(self) -> bool:
+        return self.n_seen >= self.n
+
+    def ordered(self, columns=None) -> np.ndarray:
+        """The window in time order (a new array; only ``columns`` when given)."""
+        start = self.n_seen % self.n
+        order = np.r_[start:self.n, 0:start]
+        return self.buf[order] if columns is None else self.buf[np.ix_(order, columns)]
 
 
 class MetricEngine:
-    """Sliding metric states of one session.
+    """Sliding-window metrics of one session, on windows cleaned by one consistent model.
 
     Parameters
     ----------
-    kind : {"psc", "alff", "falff", "reho", "seed_fc"}
-        Primary metric fed back.
+    kind : {"psc", "alff", "falff", "reho", "seed_fc", "roi_fc"}
+        Primary metric fed back (``roi_fc``: Fisher z between the seed ROI's and the target
+        ROI's mean series).
     mask : ndarray of bool, shape (X, Y, Z)
-        Brain mask; every update takes the in-mask vector (C order).
+        Brain mask; every update takes an in-mask vector (C order).
     rois : dict of str -> ndarray of bool, shape (X, Y, Z)
         ROIs on the same grid.
     roi, seed, target : str | None
         ROI names used by the metric.
     window : int
-        Sliding window in volumes.
+        Sliding window in volumes (PSC: the number of volumes before the current one that
+        form its moving baseline).
     tr : float
         Repetition time (s).
     band : tuple of float
@@ -53,17 +82,32 @@ class MetricEngine:
     convention : {"rtfb", "dpabi"}
         ALFF / fALFF definition (exact incrementally in both).
     maps : sequence of str
-        Whole-brain maps to keep updated (``"alff"``, ``"falff"``, ``"reho"``).
+        Whole-brain maps to provide (``"alff"``, ``"falff"``, ``"reho"``).
+    subtract_roi : str | None
+        ROI whose value of the metric is subtracted (ROI difference feedback); the values
+        of both ROIs are returned too, as ``<kind>_<roi>``.
+    cleaner : object with ``clean_rows(uncleaned, design_rows, signals)`` | None
+        The session's :class:`~rtfb.preprocess.pipeline.Preprocessor`; ``None``: the
+        vectors given to :meth:`partial_fit` are used as they are (already clean).
     """
 
     def __init__(self, kind, mask, rois, *, roi=None, seed=None, target=None, window=64,
-                 tr=2.0, band=(0.01, 0.08), neighborhood=27, maps=(), convention="rtfb"):
+                 tr=2.0, band=(0.01, 0.08), neighborhood=27, maps=(), cleaner=None,
+                 subtract_roi=None, convention="rtfb"):
         self.kind = kind
         self.mask = np.asarray(mask, dtype=bool)
-        self.window = window
+        self.window = int(window)
+        self.tr = float(tr)
+        self.band = tuple(band)
+        self.convention = convention
+        self.neighborhood = neighborhood
+        self.cleaner = cleaner
+        self.maps = tuple(maps)
+        for m in self.maps:
+            if m not in MAP_KINDS:
+                raise ValueError(f"No map for metric kind {m!r}; expected one of {MAP_KINDS}.")
         index = np.full(self.mask.shape, -1, dtype=np.int64)
         index[self.mask] = np.arange(int(self.mask.sum()))
-        self._index = index
 
         def voxels(name):
             if name not in rois:
@@ -73,70 +117,140 @@ class MetricEngine:
                 raise ValueError(f"ROI {name!r} has no voxel inside the brain mask.")
             return sel
 
-        self.maps = {}
-        for m in maps:
-            self.maps[m] = _state(m, window, tr, band, neighborhood, self.mask, convention)
-        if kind == "psc":
-            self._roi_idx = index[voxels(roi)]
-            self._primary = SlidingPSC(window)
-        elif kind in MAP_KINDS:
-            roi_mask = voxels(roi)
-            if kind in self.maps:
-                self._primary = None
-                self._sub = None
-                self._roi_idx = index[roi_mask]
-            elif kind == "reho":
-                sub = ndimage.binary_dilation(roi_mask, np.ones((3, 3, 3), bool)) & self.mask
-                self._sub = index[sub]
-                sub_index = np.full(self.mask.shape, -1, dtype=np.int64)
-                sub_index[sub] = np.arange(int(sub.sum()))
-                self._roi_idx = sub_index[roi_mask]
-                self._primary = SlidingReHo(window, sub, neighborhood)
-            else:
-                self._sub = index[roi_mask]
-                self._roi_idx = np.arange(self._sub.size)
-                self._primary = SlidingALFF(window, tr, band, convention=convention)
-        elif kind == "seed_fc":
+        self.roi, self.subtract_roi = roi, subtract_roi
+        if kind in ("psc", "alff", "falff", "reho"):
+            self._parts = {"roi": voxels(roi)}
+            if subtract_roi is not None:
+                self._parts["subtract"] = voxels(subtract_roi)
+            needed = np.logical_or.reduce(list(self._parts.values()))
+            if kind == "reho":
+                needed = ndimage.binary_dilation(needed, np.ones((3, 3, 3), bool)) & self.mask
+        elif kind in ("seed_fc", "roi_fc"):
             seed_mask, target_mask = voxels(seed), voxels(target)
-            both = seed_mask | target_mask
-            self._sub = index[both]
-            sub_index = np.full(self.mask.shape, -1, dtype=np.int64)
-            sub_index[both] = np.arange(int(both.sum()))
-            self._roi_idx = sub_index[target_mask]
-            self._primary = SlidingSeedFC(window, sub_index[seed_mask])
+            needed = seed_mask | target_mask
+            self._parts = {"seed": seed_mask, "target": target_mask}
         else:
             raise ValueError(f"Unknown metric kind {kind!r}.")
-        self._roi_buf = np.empty(1)
+        own = needed
+        if self.maps:  # whole-brain window: the primary reads its voxels from it
+            needed = self.mask.copy()
+        self._signals = index[needed]  # in-mask indices of the kept voxels
+        self._own = np.flatnonzero(own[needed])  # kept columns the primary needs
+        local = np.full(self.mask.shape, -1, dtype=np.int64)
+        local[own] = np.arange(int(own.sum()))
+        self._local = {name: local[m] for name, m in self._parts.items()}
+        if kind == "reho":
+            box = tuple(slice(int(a), int(b) + 1) for a, b in
+                        zip(np.argwhere(own).min(0), np.argwhere(own).max(0), strict=True))
+            self._box = box
+            self._box_mask = own[box]
+            self._box_local = local[box][self._box_mask]
+            self._box_parts = {name: m[box][self._box_mask] for name, m in self._parts.items()}
+        n = self.window + 1 if kind == "psc" else self.window
+        self._data = _Window(n)
+        self._rows = _Window(n)
+        self._cache = self._cache_all = None
 
-    def partial_fit(self, data: np.ndarray) -> dict:
-        """Advance every state with one in-mask vector; return ``{name: value}``.
+    # ----------------------------------------------------------------------- updates
+    def partial_fit(self, data=None, design_row=None) -> dict:
+        """Add one volume and return ``{name: value}`` (NaN until the window is full).
 
-        Values are NaN until the window is full.
+        Parameters
+        ----------
+        data : array-like, shape (n_mask_voxels,) | None
+            The volume's in-mask vector *before* nuisance cleaning
+            (``PreprocessResult.uncleaned``), or ``None`` for a missing volume: the
+            previous volume (data and design row) is repeated, which keeps the time axis
+            regular.
+        design_row : array-like | None
+            Its nuisance design row (``PreprocessResult.design_row``).
         """
-        for state in self.maps.values():
-            state.partial_fit(data)
-        values = {}
-        if self.kind == "psc":
-            self._roi_buf[0] = data[self._roi_idx].mean()
-            self._primary.partial_fit(self._roi_buf)
-            values["psc"] = float(self._primary.psc_[0])
-            values["roi_mean"] = float(self._roi_buf[0])
-        elif self.kind == "seed_fc":
-            self._primary.partial_fit(data[self._sub])
-            values["seed_fc"] = float(np.mean(self._primary.z_[self._roi_idx]))
-        elif self._primary is None:
-            values[self.kind] = float(np.mean(_read(self.maps[self.kind], self.kind)[
-                self._roi_idx]))
+        if data is None:
+            if self._data.buf is None:
+                return {}
+            self._data.repeat()
+            self._rows.repeat()
         else:
-            self._primary.partial_fit(data[self._sub])
-            values[self.kind] = float(np.mean(_read(self._primary, self.kind)[self._roi_idx]))
-        for name, state in self.maps.items():
-            if name != self.kind:
-                values[f"{name}_brain_mean"] = float(np.mean(_read(state, name)))
-        return values
+            self._data.push(np.asarray(data)[self._signals])
+            self._rows.push(np.zeros(1) if design_row is None else design_row)
+        self._cache = self._cache_all = None
+        if not self._data.full:
+            values = {self.kind: float("nan")}
+            if self.kind == "psc":
+                values["roi_mean"] = float("nan")
+            return values
+        return self._primary(self._clean())
 
-    def current_map(self, name: str) -> np.ndarray:
-        """Whole-brain 3D map of a monitored metric (0 outside the mask, NaN in warm-up)."""
-        out = np.zeros(self.mask.shape)
-        out[self.mask] = _read(self.maps[name], name)
+    def _clean(self, everything: bool = False) -> np.ndarray:
+        """The window (time x primary's voxels, or all kept) cleaned by the current fit."""
+        cached = self._cache_all if everything else self._cache
+        if cached is not None:
+            return cached
+        signals, columns = self._signals, None
+        if not everything and self._own.size != signals.size:
+            signals, columns = signals[self._own], self._own
+        y = self._data.ordered(columns)
+        if self.cleaner is None:
+            out = y.copy()
+        else:
+            out = self.cleaner.clean_rows(y, self._rows.ordered(), signals)
+        if everything:
+            self._cache_all = out
+        else:
+            self._cache = out
         return out
+
+    def _primary(self, clean: np.ndarray) -> dict:
+        kind = self.kind
+        if kind in ("seed_fc", "roi_fc"):
+            seed = clean[:, self._local["seed"]].mean(axis=1)
+            target = clean[:, self._local["target"]]
+            if kind == "roi_fc":
+                target = target.mean(axis=1)
+            return {kind: float(np.mean(seed_fc(seed, target.T)))}
+        values = self._roi_values(clean)
+        if self.subtract_roi is None:
+            return values
+        sub = self._roi_values(clean, "subtract")[kind]
+        return {kind: values[kind] - sub, f"{kind}_{self.roi}": values[kind],
+                f"{kind}_{self.subtract_roi}": sub}
+
+    def _roi_values(self, clean: np.ndarray, part: str = "roi") -> dict:
+        kind = self.kind
+        if kind == "psc":
+            x = clean[:, self._local[part]].mean(axis=1)
+            base = x[:-1].mean()
+            value = float("nan") if base == 0 else float(100.0 * (x[-1] - base) / base)
+            return {"psc": value, "roi_mean": float(x[-1])}
+        if kind in ("alff", "falff"):
+            fn = alff if kind == "alff" else falff
+            return {kind: float(np.mean(fn(clean[:, self._local[part]].T, self.tr,
+                                           self.band, convention=self.convention)))}
+        data = np.zeros(self._box_mask.shape + (clean.shape[0],))
+        data[self._box_mask] = clean[:, self._box_local].T
+        w = reho(data, self._box_mask, self.neighborhood)[self._box_mask]
+        return {"reho": float(np.mean(w[self._box_parts[part]]))}
+
+    # -------------------------------------------------------------------------- maps
+    def current_map(self, name: str) -> np.ndarray:
+        """Whole-brain 3D map of a monitored metric on the consistently cleaned window.
+
+        0 outside the mask; NaN inside during warm-up.
+        """
+        if name not in self.maps:
+            raise ValueError(f"map {name!r} is not computed (maps: {self.maps}).")
+        out = np.zeros(self.mask.shape)
+        if not self._data.full:
+            out[self.mask] = np.nan
+            return out
+        clean = self._clean(everything=True)
+        if name == "reho":  # = reho() on the window; the numba rank updates are faster
+            state = SlidingReHo(clean.shape[0], self.mask, self.neighborhood)
+            for row in clean:
+                state.partial_fit(row)
+            out[self.mask] = state.reho_
+            return out
+        fn = alff if name == "alff" else falff
+        out[self.mask] = fn(clean.T, self.tr, self.band, convention=self.convention)
+        return out
+

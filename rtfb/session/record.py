@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
+from ..ingest.names import source_hash
 from ..ingest.volume import Volume
 
 FORMAT_VERSION = 1
@@ -156,6 +157,7 @@ class SessionRecorder:
         raw = np.ascontiguousarray(volume.data, dtype=np.float32).tobytes()
         entry = {
             "index": volume.index, "source": volume.source,
+            "source_hash": source_hash(volume.source),
             "sha256": hashlib.sha256(raw).hexdigest(), "offset": self._bin_size,
             "nbytes": len(raw), "shape": list(volume.shape), "affine": volume.affine,
             "acquisition_time": volume.acquisition_time, "tr": volume.tr,

@@ -12,10 +12,7 @@ is written.
 
 from __future__ import annotations
 
-import base64
 import datetime as _dt
-import html
-import io
 import math
 import numbers
 import os
@@ -28,6 +25,15 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
+from ..reporting import REPORT_CSS as _CSS
+from ..reporting import condition_colors
+from ..reporting import esc as _esc
+from ..reporting import img as _img
+from ..reporting import new_figure as _new_figure
+from ..reporting import note as _note
+from ..reporting import png_uri as _png_uri
+from ..reporting import section as _section
+from . import report_blocks
 from .record_reader import SessionRecord, load_record
 
 __all__ = ["build_report_html", "write_report"]
@@ -235,30 +241,8 @@ def _event_indices(events: Sequence[dict[str, Any]], kind: str) -> tuple[int, li
 
 
 # --------------------------------------------------------------------------- plotting
-def _new_figure(width: float, height: float, layout: str | None = "constrained"):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(width, height), dpi=100, layout=layout)
-    FigureCanvasAgg(figure)
-    return figure
-
-
-def _png_uri(figure) -> str:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100, facecolor="white")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
 def _condition_colors(runs: Sequence[tuple[int, int, str]]) -> dict[str, Any]:
-    from matplotlib import colormaps
-
-    palette = colormaps["Pastel1"].colors + colormaps["Pastel2"].colors
-    colors: dict[str, Any] = {}
-    for _, _, condition in runs:
-        if condition not in colors:
-            colors[condition] = palette[len(colors) % len(palette)]
-    return colors
+    return condition_colors(condition for _, _, condition in runs)
 
 
 def _shade_blocks(ax, runs, colors, *, label: bool) -> None:
@@ -297,7 +281,7 @@ def _add_time_axis(ax, tr: float | None) -> None:
 
 
 def _plot_feedback(series: _Series, runs, colors, targets, missing: list[int],
-                   tr: float | None) -> str:
+                   tr: float | None, marks: Sequence[tuple[int, str]] = ()) -> str:
     figure = _new_figure(10, 3.4)
     ax = figure.add_subplot()
     _shade_blocks(ax, runs, colors, label=True)
@@ -316,6 +300,10 @@ def _plot_feedback(series: _Series, runs, colors, targets, missing: list[int],
     for k, index in enumerate(missing):
         ax.axvline(index, color="red", lw=0.8, alpha=0.7,
                    label="missing volume" if k == 0 else None)
+    for k, (index, label) in enumerate(marks):  # operator marks (dashboard)
+        ax.axvline(index, color="C9", lw=1.4, label="operator mark" if k == 0 else None)
+        ax.text(index, 0.02, f" {label}", transform=ax.get_xaxis_transform(), rotation=90,
+                fontsize=7, color="C9", va="bottom", clip_on=True)
     if np.all(np.isnan(feedback)):
         ax.text(0.5, 0.5, "no feedback value recorded (warm-up or no feedback)",
                 transform=ax.transAxes, ha="center", va="center", color="0.4")
@@ -331,7 +319,8 @@ def _plot_feedback(series: _Series, runs, colors, targets, missing: list[int],
     return _png_uri(figure)
 
 
-def _plot_metrics(series: _Series, names: list[str], runs, colors) -> str:
+def _plot_metrics(series: _Series, names: list[str], runs, colors, labels=None,
+                  baselines=None) -> str:
     figure = _new_figure(10, 0.6 + 1.7 * len(names))
     axes = figure.subplots(len(names), 1, sharex=True, squeeze=False)[:, 0]
     for k, (ax, name) in enumerate(zip(axes, names, strict=True)):
@@ -339,12 +328,16 @@ def _plot_metrics(series: _Series, names: list[str], runs, colors) -> str:
         values = series.values(lambda v, n=name: (v.get("metrics") or {}).get(n)
                                if isinstance(v.get("metrics"), dict) else None)
         ax.plot(series.x, values, color=f"C{k % 10}", lw=1.3, label=name)
+        base = (baselines or {}).get(name, math.nan)
+        if not math.isnan(base):
+            ax.axhline(base, color="k", ls=":", lw=1.2, label=f"baseline ({base:.3g})")
+            ax.legend(loc="upper right", fontsize=8, frameon=False)
         if np.all(np.isnan(values)):
             ax.text(0.5, 0.5, "no value yet (warm-up)", transform=ax.transAxes, ha="center",
                     va="center", color="0.4")
         if k == 0:
             _headroom(ax, runs)
-        ax.set_ylabel(name)
+        ax.set_ylabel((labels or {}).get(name, name), fontsize=8)
         ax.grid(alpha=0.3)
     axes[0].set_xlim(series.x[0] - 0.5, series.x[-1] + 0.5)
     axes[-1].set_xlabel("volume index")
@@ -393,8 +386,11 @@ def _plot_motion(series: _Series, has_motion: bool, has_fd: bool, censored: np.n
 def _plot_latency(latency: np.ndarray, median: float, p95: float) -> str:
     figure = _new_figure(7, 3.0)
     ax = figure.add_subplot()
-    bins = min(50, max(5, int(np.sqrt(latency.size)) * 2))
+    bins, log = report_blocks.latency_bins(latency, median)
     ax.hist(latency, bins=bins, color="C0", alpha=0.8)
+    if log:  # one slow volume (e.g. the first) must not squeeze every other bar
+        ax.set_xscale("log")
+        ax.set_title(f"log axis: slowest volume {latency.max():.0f} ms", fontsize=9)
     ax.axvline(median, color="k", lw=1.5, label=f"median {median:.1f} ms")
     ax.axvline(p95, color="C3", ls="--", lw=1.5, label=f"p95 {p95:.1f} ms")
     ax.set_xlabel("latency file complete → published (ms)")
@@ -438,40 +434,6 @@ def _plot_map(path: Path, background) -> str:
 
 
 # --------------------------------------------------------------------------- HTML
-_CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 1.5em auto;
-       max-width: 1100px; color: #222; padding: 0 1em; }
-h1 { font-size: 1.5em; margin-bottom: 0.2em; }
-h2 { font-size: 1.2em; border-bottom: 1px solid #ccc; padding-bottom: 0.2em; margin-top: 1.6em; }
-table { border-collapse: collapse; font-size: 0.9em; }
-th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
-th { background: #f4f4f4; }
-table.summary th { width: 16em; }
-tr.error td { background: #fde2e2; }
-tr.warning td { background: #fff3d6; }
-tr.missing td, tr.late td { background: #eef3fb; }
-img { max-width: 100%; height: auto; display: block; margin: 0.4em 0; }
-p.note { color: #666; font-style: italic; }
-p.alert { color: #a40000; font-weight: 600; }
-footer { margin-top: 2em; color: #888; font-size: 0.8em; }
-"""
-
-
-def _esc(value: Any) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
-
-
-def _img(uri: str, alt: str) -> str:
-    return f'<img src="{uri}" alt="{_esc(alt)}">'
-
-
-def _note(text: str) -> str:
-    return f'<p class="note">{_esc(text)}</p>'
-
-
-def _section(section_id: str, title: str, body: list[str]) -> str:
-    return (f'<section id="{section_id}">\n<h2>{_esc(title)}</h2>\n' + "\n".join(body)
-            + "\n</section>")
 
 
 def _summary_rows(record: SessionRecord, stats: dict[str, Any]) -> list[tuple[str, str]]:
@@ -504,6 +466,28 @@ def _summary_rows(record: SessionRecord, stats: dict[str, Any]) -> list[tuple[st
         ("Latency p95", _esc(_fmt(stats["latency_p95"], "ms"))),
         ("Warnings / errors", f'{stats["n_warning"]} / {stats["n_error"]}'),
     ]
+
+
+def _block_table(rows: list[dict], protocol: dict) -> list[str]:
+    kind = protocol.get("metric", {}).get("kind") or "metric"
+    unit = report_blocks.UNITS.get(kind, "")
+    out = ["<table>", f"<tr><th>block</th><th>volumes</th><th>mean feedback shown</th>"
+                      f"<th>time above target</th><th>mean {_esc(kind)} ({_esc(unit)})</th>"
+                      f"<th>vs baseline</th></tr>"]
+    for r in rows:
+        pct = r["metric_change_percent"]
+        change = _fmt(r["metric_change"], digits=3)
+        if not math.isnan(pct):
+            change += f" ({pct:+.1f} %)"
+        out.append(f"<tr><td>{_esc(r['condition'])}</td><td>{_esc(r['volumes'])}</td>"
+                   f"<td>{_fmt(r['mean_feedback'], digits=2)} (n = {r['n_shown']})</td>"
+                   f"<td>{_fmt(100 * r['time_above_target'], '%', digits=0)}</td>"
+                   f"<td>{_fmt(r['metric_mean'], digits=3)}</td><td>{change}</td></tr>")
+    out.append("</table>")
+    out.append(_note("Mean of the values shown to the participant, fraction of them at or "
+                     "above the target line, and the fed-back metric's block mean minus its "
+                     "mean over the baseline block."))
+    return out
 
 
 def _events_table(events: Sequence[dict[str, Any]]) -> list[str]:
@@ -570,18 +554,35 @@ def build_report_html(record: SessionRecord, *, fd_threshold: float | None = Non
         shows_feedback = any(not isinstance(v.get("block"), dict)
                              or v["block"].get("feedback") is not False for v in volumes)
         targets = _targets(record.messages) if shows_feedback else []
-        uri = _plot_feedback(series, runs, colors, targets, missing_indices, tr)
+        marks = [(int(e["index"]), str(e.get("message", ""))) for e in events
+                 if e.get("kind") == "mark" and _int_or_none(e.get("index")) is not None]
+        uri = _plot_feedback(series, runs, colors, targets, missing_indices, tr, marks)
         body = [_img(uri, "feedback value over time"),
                 _note("Feedback value shown to the participant per volume (gaps: warm-up or "
-                      "no value); shaded: protocol blocks; red lines: missing volumes.")]
+                      "no value); shaded: protocol blocks; red lines: missing volumes; "
+                      "labelled lines: events marked by the operator.")]
     else:
         body = [_note("No volume was processed.")]
     sections.append(_section("feedback", "Feedback", body))
 
+    protocol = report_blocks.recorded_protocol(record.path)
+    if len(series):
+        targets = {v["index"]: v["target"] for v in volumes
+                   if isinstance(v.get("target"), (int, float))}
+        for index, target in _targets(record.messages):
+            if index is not None:
+                targets.setdefault(index, target)
+        rows = report_blocks.block_rows(volumes, protocol, targets)
+        sections.append(_section("blocks", "Per block", _block_table(rows, protocol)))
+
     names = _metric_names(volumes)
     if len(series) and names:
-        body = [_img(_plot_metrics(series, names, runs, colors), "ROI metrics over time"),
-                _note("Raw metric values per volume (NaN/null during warm-up not drawn).")]
+        labels = {n: report_blocks.metric_label(protocol, n) for n in names}
+        baselines = {n: report_blocks.baseline_value(volumes, protocol, n) for n in names}
+        body = [_img(_plot_metrics(series, names, runs, colors, labels, baselines),
+                     "ROI metrics over time"),
+                _note("Metric values per volume, labelled with their ROI and unit (NaN/null "
+                      "during warm-up not drawn); dotted: mean over the baseline block.")]
     else:
         body = [_note("No metric values recorded.")]
     sections.append(_section("metrics", "ROI metrics", body))
@@ -611,6 +612,17 @@ def build_report_html(record: SessionRecord, *, fd_threshold: float | None = Non
     sections.append(_section("latency", "Latency", body))
 
     sections.append(_section("events", "Events", _events_table(events)))
+
+    if (record.path / "rois").is_dir() and record.inputs:
+        try:
+            uri = report_blocks.roi_overlay(record.path, _background_image(record),
+                                            _new_figure, _png_uri)
+        except Exception as err:  # a damaged ROI file must not stop the report
+            uri, note = None, f"Could not draw the ROIs: {err}"
+        else:
+            note = "ROIs as used by the session over the mean of the recorded input volumes."
+        body = [_img(uri, "ROIs over the mean EPI")] if uri else []
+        sections.append(_section("rois", "ROI placement", body + [_note(note)]))
 
     map_files = record.map_files()
     if map_files:
@@ -686,6 +698,9 @@ def write_report(session_dir: str | Path, out: str | Path | None = None, *,
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".report-", suffix=".html", dir=out.parent)
     try:
+        umask = os.umask(0o022)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # as open() would (mkstemp makes it 0600)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
         os.replace(tmp, out)

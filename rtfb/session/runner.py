@@ -48,6 +48,7 @@ from .record import SessionRecorder
 from .record_reader import load_record
 from .reference import reference_problem
 from .rois import resolve_rois
+from .schedules import FeedbackSchedule
 from .timing import is_fresh, latency_origin, source_times
 
 logger = logging.getLogger("rtfb.session")
@@ -151,6 +152,8 @@ class Session:
         self._entry_lock = threading.Lock()
         self.status = SessionStatus()
         self.schedule = BlockSchedule(protocol.blocks)
+        self.feedback_schedule = FeedbackSchedule(  # continuous/intermittent, sham, shaping
+            protocol.feedback if protocol.session.participant_feedback else None, self.schedule)
         self._silent = False
         self._state_ready = False
         self._last_vec = None
@@ -225,7 +228,8 @@ class Session:
         self.engine = MetricEngine(
             m.kind, self.preprocessor.mask_, self.rois, roi=m.roi, seed=m.seed,
             target=m.target, window=m.window, tr=p.session.tr, band=tuple(m.band),
-            neighborhood=m.neighborhood, maps=tuple(m.maps), convention=m.convention)
+            neighborhood=m.neighborhood, maps=tuple(m.maps), cleaner=self.preprocessor,
+            subtract_roi=getattr(m, "subtract_roi", None), convention=m.convention)
         in_mask = np.cumsum(self.preprocessor.mask_.ravel()) - 1  # voxel -> position in vec
         self.qa = RunningQA({name: in_mask[np.flatnonzero(roi.ravel() &
                                                           self.preprocessor.mask_.ravel())]
@@ -293,6 +297,7 @@ class Session:
             "tr": p.session.tr, "n_expected": p.session.volumes,
             "zmq_address": p.output.zmq_address, "schema_version": SCHEMA_VERSION,
             "protocol_dir": str(Path(p.path).parent) if p.path else None,
+            "feedback_schedule": self.feedback_schedule.record_info(),
         }
 
     # ---------------------------------------------------------------- messages
@@ -425,7 +430,7 @@ class Session:
             self._block_index = block.index
         flags = []
         motion, fd, censored = None, None, False
-        vec, qa = None, None
+        vec = result = qa = None
         if rejected is not None:
             flags.append("rejected")
         elif volume is not None:
@@ -445,7 +450,9 @@ class Session:
             vec = self._last_vec
         values = {}
         if vec is not None:
-            values = self.engine.partial_fit(vec)
+            # the engine cleans its whole window with the current nuisance fit
+            values = (self.engine.partial_fit() if result is None else
+                      self.engine.partial_fit(result.uncleaned, result.design_row))
             if self._last_vec is None:
                 self._last_vec = np.empty_like(vec)
             if vec is not self._last_vec:
@@ -465,7 +472,7 @@ class Session:
             flags.append("paused")
         if not show:
             flags.append("no_feedback")
-        shown = value if show else None
+        shown, show_bar, target = self.feedback_schedule.apply(index, block, value, show)
         state = "feedback" if show else "rest"
         if "motion" in flags:
             state = "motion"
@@ -482,9 +489,8 @@ class Session:
                                  times.get("dequeued"))
         msg.update(value=shown, raw=values, block=block.as_dict(), fd=fd,
                    flags=[f for f in flags if f in FLAGS],
-                   target=None if self.protocol.feedback is None
-                   else self.protocol.feedback.target,
-                   display={"show_bar": show, "state": state}, qa=qa,
+                   target=None if self.protocol.feedback is None else target,
+                   display={"show_bar": show_bar, "state": state}, qa=qa,
                    baseline=getattr(self.mapper, "baseline_", None))
         published = time.time()
         times["published"] = published
@@ -492,8 +498,8 @@ class Session:
         latency = None if self._silent or origin is None else (published - origin) * 1e3
         entry = {"index": index, "block": block.as_dict(), "motion": motion, "fd": fd,
                  "censored": censored, "metrics": values, "feedback": shown,
-                 "feedback_value": value, "flags": flags, "qa": qa, "times": times,
-                 "latency_ms": latency}
+                 "feedback_value": value, "target": target, "flags": flags, "qa": qa,
+                 "times": times, "latency_ms": latency}
         if missing_reason:
             entry["missing_reason"] = missing_reason
         if rejected:

@@ -126,8 +126,10 @@ MONITOR = {
 
 def test_shipped_protocols_are_the_three_expected():
     names = sorted(p.name for p in PROTOCOLS.glob("*.toml"))
-    assert names == ["acupuncture_monitoring.toml", "insula_alff_downregulation.toml",
-                     "insula_seed_fc.toml"]
+    assert names == ["acupuncture_monitoring.toml", "insula_acc_psc_difference.toml",
+                     "insula_alff_downregulation.toml", "insula_alff_intermittent.toml",
+                     "insula_alff_sham.toml", "insula_alff_shaping.toml",
+                     "insula_mpfc_roi_fc.toml", "insula_seed_fc.toml"]
 
 
 @pytest.mark.parametrize("path", sorted(PROTOCOLS.glob("*.toml")), ids=lambda p: p.stem)

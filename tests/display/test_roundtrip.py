@@ -5,6 +5,7 @@ import time
 import pytest
 import zmq
 
+from rtfb._utils.keys import write_key
 from rtfb.display.cli import display_main
 from rtfb.display.headless import HeadlessDisplay
 from rtfb.feedback.messages import encode
@@ -161,12 +162,15 @@ def test_wait_for_times_out(pub):
         HeadlessDisplay("tcp://127.0.0.1:port").start()
 
 
-def test_display_main_headless(pub, capsys):
-    pub.publish(b"status", status("start"))
-    publish_run(pub, [0.25])
-    pub.publish(b"status", status("end"))
-    code = display_main(["--headless", "--address", pub.endpoint, "--duration", "3",
-                         "--exit-on-end"])
+def test_display_main_headless(tmp_path, capsys):
+    key_file = tmp_path / "session.key"
+    key = write_key(key_file)
+    with FeedbackPublisher("tcp://127.0.0.1:0", SESSION, linger=0.2, key=key) as pub:
+        pub.publish(b"status", status("start"))
+        publish_run(pub, [0.25])
+        pub.publish(b"status", status("end"))
+        code = display_main(["--headless", "--address", pub.endpoint, "--duration", "3",
+                             "--exit-on-end", "--key", str(key_file)])
     assert code == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].split()[1] == "waiting"

@@ -199,7 +199,7 @@ def test_ge_orientation_mismatch_rejected(tmp_path):
         read_dicom_slices(_edited_copies(tmp_path, _ge_volume(0), tilt))
 
 
-def test_multiframe_unsupported(tmp_path):
+def test_multiframe_without_functional_groups_refused(tmp_path):
     src = ge_files()[0]
     ds = pydicom.dcmread(src)
     ds.NumberOfFrames = 2

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from rtfb.exceptions import IncompleteFileError, IngestError
+from rtfb.ingest.names import is_safe_name, name_hash
 from rtfb.ingest.read import iter_volumes, probe, read_volume
 from rtfb.ingest.volume import ALLOWED_HEADER_FIELDS
 
@@ -39,12 +40,17 @@ def vol(rng):
 
 # -- NIfTI, synthetic ------------------------------------------------------------------------
 @pytest.mark.parametrize(("name", "index"), [("run_00001.nii", 0), ("run-00007.nii.gz", 6),
-                                             ("sub_run_12.nii.gz", 11), ("single.nii", 0)])
+                                             ("sub_run_012.nii.gz", 11), ("single.nii", 0),
+                                             ("run_1234.nii", 1233),
+                                             # not counters: dcm2niix "%s_%e_%z", a run number
+                                             ("8001_1_epfid2d1_64.nii.gz", 0),
+                                             ("sub-01_run_2.nii", 0)])
 def test_nifti_index_from_name(tmp_path, vol, name, index):
     path = _write(tmp_path / name, vol)
     volume = read_volume(path)
     assert volume.index == index == probe(path).index
-    assert volume.source == name
+    # the name itself only when it matches a non-identifying export pattern
+    assert volume.source == (name if is_safe_name(name) else name_hash(name))
     np.testing.assert_array_equal(volume.data, vol.astype(np.float32))
     np.testing.assert_array_equal(volume.affine, AFFINE)
     assert dict(volume.header) == {"format": "nifti1", "NumberOfSlices": 4}

@@ -3,7 +3,6 @@ files and TCP frames never decide what a session follows nor turn into missing v
 
 import queue
 import shutil
-import socket
 import time
 
 import nibabel as nib
@@ -13,7 +12,7 @@ import pytest
 
 from rtfb.ingest.ordering import IMPLAUSIBLE, Missing, VolumeOrderer
 from rtfb.ingest.series_lock import GeometryLock, IdentityLock, SeriesIdentity
-from rtfb.ingest.tcp import TCPReceiver, send_volume
+from rtfb.ingest.tcp import TCPReceiver, TCPSender, send_volume
 from rtfb.ingest.volume import Volume
 from rtfb.ingest.watcher import FolderWatcher
 
@@ -218,7 +217,7 @@ def test_geometry_lock_names_the_field():
 def test_stray_far_ahead_tcp_frame_is_ignored_not_missing():
     rx = TCPReceiver(port=0, gap_timeout=0.5, tr=0.05).start()
     try:
-        with socket.create_connection(rx.address[:2]) as sock:
+        with TCPSender(rx.address[:2]) as sock:  # framing v2 (no key: loopback receiver)
             for i in (0, 1):
                 send_volume(sock, vol_data(i), AFFINE, i, tr=0.05)
             send_volume(sock, vol_data(2), AFFINE, 149, tr=0.05)  # any local process can

@@ -170,7 +170,8 @@ def test_resume_without_session_json_is_one_clear_message(tmp_path):
     res = _rtfb("run", "--resume", str(folder), "--quiet")
     assert res.returncode == 2
     assert "Traceback" not in res.stdout + res.stderr
-    assert "cannot resume" in res.stdout and "session.json" in res.stdout
+    out = res.stdout + res.stderr  # the CLI's one-line errors go to stderr
+    assert "cannot resume" in out and "session.json" in out
 
 
 def _count_lines(path):

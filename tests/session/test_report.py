@@ -78,8 +78,8 @@ def test_full_report(tmp_path):
     text = out.read_text(encoding="utf-8")
     images = check_html(text)
     assert len(images) == 4  # feedback, metrics, motion, latency; no maps
-    assert section_titles(text) == ["Summary", "Feedback", "ROI metrics", "Motion", "Latency",
-                                    "Events"]
+    assert section_titles(text) == ["Summary", "Feedback", "Per block", "ROI metrics", "Motion",
+                                    "Latency", "Events"]
 
     volumes = fake["volumes"]
     latency = np.array([v["latency_ms"] for v in volumes])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import signal
@@ -385,8 +387,16 @@ def test_tcp_needs_nifti(tmp_path):
 # ----------------------------------------------------------------------------------------
 # TCP
 # ----------------------------------------------------------------------------------------
+KEY = bytes(range(7, 39))
+
+
+def _mac(*parts):
+    return hmac.new(KEY, b"".join(parts), hashlib.sha256)
+
+
 class FrameServer:
-    """Tiny receiver: parses frames, closes a connection on a bad frame (like rtfb)."""
+    """Tiny framing-v2 receiver written from docs/tcp_protocol.md: greets with a nonce,
+    checks both tags, acknowledges, closes a connection on a bad frame (like rtfb)."""
 
     def __init__(self, close_after: int | None = None) -> None:
         self.sock = socket.create_server(("127.0.0.1", 0))
@@ -427,9 +437,20 @@ class FrameServer:
             self.connections += 1
             with conn:
                 conn.settimeout(5)
-                self._serve(conn, self.connections)
+                nonce = os.urandom(16)
+                conn.sendall(b"RTFB" + struct.pack(">I", 2) + nonce)
+                try:
+                    self._serve(conn, self.connections, nonce)
+                except OSError:
+                    self.errors.append((self.connections, "reset"))
 
-    def _serve(self, conn, n_conn):
+    def _ack(self, conn, nonce, seq, index, status):
+        text = json.dumps({"seq": seq, "index": index, "status": status}).encode()
+        tag = _mac(b"rtfb tcp v2 ack\0", nonce, text).hexdigest().encode()
+        conn.sendall(text + b" " + tag + b"\n")
+
+    def _serve(self, conn, n_conn, nonce):
+        seq = 0
         while True:
             magic = self._recv(conn, 4)
             if magic is None:
@@ -443,45 +464,63 @@ class FrameServer:
                 self.errors.append((n_conn, "header length"))
                 return
             head = self._recv(conn, hlen)
-            if head is None or len(head) < hlen:
+            tag = self._recv(conn, 32)
+            if head is None or tag is None or len(head) < hlen or len(tag) < 32:
                 self.errors.append((n_conn, "short header"))
                 return
-            try:
-                header = json.loads(head.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                self.errors.append((n_conn, "json"))
+            if not hmac.compare_digest(tag, _mac(b"rtfb tcp v2 header\0", nonce, magic, raw,
+                                                 head).digest()):
+                self.errors.append((n_conn, "header tag"))
                 return
+            header = json.loads(head.decode("utf-8"))
+            assert header["seq"] == seq and header["version"] == 2
             payload = self._recv(conn, header["nbytes"])
             if payload is None or len(payload) < header["nbytes"]:
                 self.errors.append((n_conn, "short payload"))
                 return
+            tag = self._recv(conn, 32)
+            if tag is None or not hmac.compare_digest(
+                    tag, _mac(b"rtfb tcp v2 frame\0", nonce, magic, raw, head,
+                              payload).digest()):
+                self.errors.append((n_conn, "frame tag"))
+                return
             arr = np.frombuffer(payload, dtype=header["dtype"]).reshape(header["shape"])
+            known = {h["index"] for _, h, _ in self.frames}
             self.frames.append((n_conn, header, arr))
+            self._ack(conn, nonce, seq, header["index"],
+                      "duplicate" if header["index"] in known else "accepted")
+            seq += 1
             if self.close_after is not None and len(self.frames) == self.close_after:
                 return  # drop the connection: the sender must reconnect
 
 
 def test_encode_frame_layout():
     data = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    nonce = bytes(range(16))
     frame, head_len = encode_frame(data, np.eye(4), 7, tr=2.0, acquisition_time=1.5,
-                                   series="s")
+                                   series="s", key=KEY, nonce=nonce, seq=4)
     assert frame[:4] == b"RTFB"
     (hlen,) = struct.unpack(">I", frame[4:8])
-    assert head_len == 8 + hlen
+    assert head_len == 8 + hlen + 32
     header = json.loads(frame[8:8 + hlen])
-    assert set(header) == {"version", "index", "shape", "dtype", "nbytes", "affine", "tr",
-                           "acquisition_time", "series"}
-    assert header["version"] == 1 and header["index"] == 7 and header["shape"] == [2, 3, 4]
-    assert header["dtype"] == "<f4" and header["nbytes"] == 96 == len(frame) - head_len
-    np.testing.assert_array_equal(
-        np.frombuffer(frame[head_len:], "<f4").reshape(2, 3, 4), data)  # C order
+    assert set(header) == {"version", "seq", "index", "shape", "dtype", "nbytes", "affine",
+                           "tr", "acquisition_time", "series"}
+    assert header["version"] == 2 and header["seq"] == 4 and header["index"] == 7
+    assert header["shape"] == [2, 3, 4]
+    assert header["dtype"] == "<f4" and header["nbytes"] == 96 == len(frame) - head_len - 32
+    assert frame[8 + hlen:head_len] == _mac(b"rtfb tcp v2 header\0", nonce,
+                                            frame[:8 + hlen]).digest()
+    payload = frame[head_len:-32]
+    np.testing.assert_array_equal(np.frombuffer(payload, "<f4").reshape(2, 3, 4), data)
+    assert frame[-32:] == _mac(b"rtfb tcp v2 frame\0", nonce, frame[:8 + hlen],
+                               payload).digest()
 
 
 def test_tcp_frames_and_reconnect(source, tmp_path):
     path, data, affine = source
     with FrameServer(close_after=2) as server:
         doc = stream(path, f"tcp://127.0.0.1:{server.port}", speed=10, volumes=6,
-                     manifest=tmp_path / "m.json")
+                     manifest=tmp_path / "m.json", key=KEY)
         deadline = time.monotonic() + 5
         while len(server.frames) < 6 and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -497,6 +536,9 @@ def test_tcp_frames_and_reconnect(source, tmp_path):
         assert 0 <= header["acquisition_time"] < 86400
     conns = [r["writes"][0]["connection"] for r in doc["volumes"]]
     assert conns == [1, 1, 2, 2, 2, 2]
+    assert [r["writes"][0]["seq"] for r in doc["volumes"]] == [0, 1, 0, 1, 2, 3]
+    assert doc["acknowledged"] == {"accepted": 6} and doc["bad_acks"] == 0
+    assert all(r["acknowledged"] for r in doc["volumes"])
     assert _load(tmp_path / "m.json")["status"] == "completed"
 
 
@@ -506,7 +548,7 @@ def test_tcp_faults(source, tmp_path):
               "shuffle": [7], "delay": [1]}
     with FrameServer() as server:
         doc = stream(path, f"tcp://127.0.0.1:{server.port}", speed=30, volumes=9,
-                     faults=faults, manifest=tmp_path / "m.json")
+                     faults=faults, manifest=tmp_path / "m.json", key=KEY)
         deadline = time.monotonic() + 5
         while len(server.errors) < 2 and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -520,18 +562,23 @@ def test_tcp_faults(source, tmp_path):
     assert _vol(doc, 6)["writes"][0]["bytes_written"] < _vol(doc, 6)["writes"][0]["size"]
     for _, header, arr in server.frames:
         np.testing.assert_array_equal(arr, data[..., header["index"]])
+    # the sender knows what was stored: every frame the receiver took, and only those
+    assert doc["acknowledged"] == {"accepted": 6, "duplicate": 1}
+    acked = sorted(r["volume"] for r in doc["volumes"] if r["acknowledged"])
+    assert acked == sorted(set(received))
 
 
 def test_tcp_header_corruption(source, tmp_path):
     path, _, _ = source
     with FrameServer() as server:
         stream(path, f"tcp://127.0.0.1:{server.port}", speed=30, volumes=3,
-               faults={"corrupt": [2]}, corrupt_mode="header", manifest=tmp_path / "m.json")
+               faults={"corrupt": [2]}, corrupt_mode="header", manifest=tmp_path / "m.json",
+               key=KEY)
         deadline = time.monotonic() + 5
         while len(server.frames) < 2 and time.monotonic() < deadline:
             time.sleep(0.01)
     assert [h["index"] for _, h, _ in server.frames] == [0, 2]
-    assert [e for _, e in server.errors] in (["json"], ["header length"])
+    assert [e for _, e in server.errors] == ["header tag"]  # garbled JSON: tag fails first
 
 
 def test_tcp_no_receiver(source, tmp_path):

@@ -202,7 +202,11 @@ def test_bad_parameters():
 
 def test_write_subject_round_trip(subject, tmp_path):
     written = write_subject(subject, tmp_path / "sub")
-    assert set(written) == {"bold", "mask", "truth"} | {f"roi-{n}" for n in ROI_NAMES}
+    assert set(written) == {"bold", "mask", "truth", "truth_series"} | {f"roi-{n}"
+                                                                        for n in ROI_NAMES}
+    series = np.load(written["truth_series"])
+    for name in ("left_insula", "seed", "target"):
+        np.testing.assert_array_equal(series[name], subject.series[name])
     img = nib.load(written["bold"])
     assert img.get_data_dtype() == np.float32
     np.testing.assert_array_equal(np.asarray(img.dataobj), subject.data)

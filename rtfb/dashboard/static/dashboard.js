@@ -7,8 +7,6 @@
   };
   window.rtfbDash = S;
 
-  const COND_COLORS = ["rgba(66,153,225,0.13)", "rgba(237,137,54,0.15)",
-    "rgba(72,187,120,0.15)", "rgba(159,122,234,0.15)", "rgba(236,201,75,0.18)"];
   const ROI_COLORS = [[255, 64, 64], [64, 200, 255], [255, 200, 0], [120, 255, 120]];
   const $ = (id) => document.getElementById(id);
 
@@ -35,9 +33,11 @@
   }
 
   function condColor(cond) {
-    const names = [...new Set((S.info.blocks || []).map((b) => b.condition))];
-    const k = Math.max(0, names.indexOf(cond));
-    return COND_COLORS[k % COND_COLORS.length];
+    // the session report's block colours (rtfb.reporting.CONDITION_PALETTE), translucent
+    const hex = (S.info.colors || {})[cond];
+    if (!hex) return "rgba(160,174,192,0.15)";
+    const n = parseInt(hex.slice(1), 16);
+    return `rgba(${n >> 16},${(n >> 8) & 255},${n & 255},0.45)`;
   }
 
   function shadeBlocks(u) {
@@ -80,14 +80,25 @@
     return [0, n];
   }
 
+  function plotWidth(el) {
+    return Math.max(300, (el.parentElement.clientWidth || 800) - 20);
+  }
+
   function makePlot(el, series, axes, scales, extraHooks) {
-    const width = Math.max(300, el.clientWidth || 800);
+    const width = plotWidth(el);
+    // same left and right axis widths everywhere, so the volume axes line up
+    axes = axes.map((a) => Object.assign({ size: a.side === 1 ? 55 : 65 }, a));
+    if (!axes.some((a) => a.side === 1)) {
+      axes.push({ side: 1, size: 55, label: " ", scale: axes[0].scale || "y", stroke: "transparent",
+        values: (u, splits) => splits.map(() => ""), grid: { show: false },
+        ticks: { show: false } });
+    }
     const opts = {
-      width, height: 150, legend: { live: true },
+      width, height: 160, legend: { live: true },
       cursor: { drag: { x: false, y: false } },
       scales: Object.assign({ x: { time: false, range: () => xRange() } }, scales || {}),
       series: [{ label: "volume" }].concat(series),
-      axes: [{ label: "" }].concat(axes),
+      axes: [{ size: 32 }].concat(axes),
       hooks: { drawClear: [shadeBlocks], draw: [markEvents].concat(extraHooks || []) },
     };
     const data = [[]].concat(series.map(() => []));
@@ -100,9 +111,11 @@
     S.plots.feedback = makePlot($("p-feedback"), [
       { label: metric + roi, stroke: "#2b6cb0", width: 1.5, scale: "m" },
       { label: "baseline", stroke: "#2b6cb0", dash: [6, 4], width: 1, scale: "m" },
-      { label: "feedback", stroke: "#dd6b20", width: 1.5, scale: "v" },
-      { label: "target", stroke: "#38a169", dash: [6, 4], width: 1, scale: "v" },
-    ], [{ scale: "m", label: metric, size: 60 }, { scale: "v", side: 1, label: "feedback",
+      { label: "feedback shown", stroke: "#dd6b20", width: 1.8, scale: "v" },
+      { label: "computed, not shown", stroke: "#a0aec0", dash: [2, 3], width: 1, scale: "v" },
+      { label: "target", stroke: "#38a169", dash: [6, 4], width: 1, scale: "v",
+        show: !!S.info.feedback },
+    ], [{ scale: "m", label: metric }, { scale: "v", side: 1, label: "feedback",
       grid: { show: false } }], { v: { range: [0, 1] } });
     const mcol = ["#e53e3e", "#38a169", "#3182ce", "#d69e2e", "#805ad5", "#319795"];
     S.plots.motion = makePlot($("p-motion"), ["tx", "ty", "tz", "rx", "ry", "rz"].map((l, k) => ({
@@ -113,8 +126,8 @@
       { label: "threshold", stroke: "#c53030", dash: [6, 4], width: 1 },
     ], [{ label: "mm" }]);
     S.plots.latency = makePlot($("p-latency"), [
-      { label: "latency ms", stroke: "#6b46c1", width: 1.2 },
-    ], [{ label: "ms" }]);
+      { label: "latency ms", stroke: "#6b46c1", width: 1.2, scale: "ms" },
+    ], [{ label: "ms (log)", scale: "ms" }], { ms: { distr: 3, log: 10 } });
     S.plots.qa = makePlot($("p-qa"), [
       { label: "tSNR brain", stroke: "#2f855a", width: 1.5, scale: "t" },
       { label: "tSNR " + (S.info.roi || "ROI"), stroke: "#d53f8c", width: 1.5, scale: "t" },
@@ -143,15 +156,17 @@
       return src[metric];
     };
     const target = S.info.target;
+    const hidden = (r) => ((r.value === null || r.value === undefined) ? r.fv : null);
     S.plots.feedback.setData([x, col(primary), col((r) => r.baseline), col((r) => r.value),
-      col((r) => (r.target !== undefined && r.target !== null) ? r.target : target)]);
+      col(hidden), col((r) => (S.info.feedback ? (r.target ?? target) : null))]);
     const m = (k) => col((r) => (r.motion ? r.motion[k] : null));
     S.plots.motion.setData([x, m(0), m(1), m(2), m(3), m(4), m(5)]);
     const thr = S.info.fd_threshold;
     S.plots.fd.setData([x, col((r) => r.fd), x.map(() => (thr === undefined ? null : thr))]);
-    S.plots.latency.setData([x, col((r) => r.lat)]);
+    S.plots.latency.setData([x, col((r) => (r.lat > 0 ? r.lat : null))]);
     const roi = S.info.roi;
-    const tsnr = (r, k) => (r.qa && r.qa.tsnr ? r.qa.tsnr[k] : null);
+    // tSNR of the first few volumes is meaningless (2-4 samples): drawn from the 6th on
+    const tsnr = (r, k) => (r.i >= 5 && r.qa && r.qa.tsnr ? r.qa.tsnr[k] : null);
     S.plots.qa.setData([x, col((r) => tsnr(r, "brain")), col((r) => tsnr(r, roi)),
       col((r) => (r.qa ? r.qa.dvars : null)),
       col((r) => (r.qa && r.qa.spike ? r.qa.dvars : null))]);
@@ -168,7 +183,7 @@
 
   window.addEventListener("resize", () => {
     for (const p of Object.values(S.plots)) {
-      p.setSize({ width: Math.max(300, p.root.parentElement.clientWidth - 4), height: 150 });
+      p.setSize({ width: plotWidth(p.root), height: 160 });
     }
   });
 
@@ -208,7 +223,7 @@
       ["FD threshold (mm)", S.info.fd_threshold]];
     const lock = S.info.lock || {};
     for (const [k, v] of Object.entries(lock)) {
-      rows.push(["lock: " + k, typeof v === "object" ? JSON.stringify(v) : v]);
+      rows.push([k, typeof v === "object" ? JSON.stringify(v) : v]);
     }
     $("lock").innerHTML = "";
     for (const [k, v] of rows) {
@@ -239,10 +254,11 @@
     return Type ? new Type(out.buffer) : out;
   }
 
-  function drawView(v, withMap) {
+  function drawView(v, withMap, height) {
     const c = document.createElement("canvas");
     c.width = v.w; c.height = v.h;
-    c.style.width = Math.round(110 * v.w / (v.h * v.aspect)) + "px";
+    c.style.height = Math.floor(height) + "px";
+    c.style.width = Math.floor(height * v.w / (v.h * v.aspect)) + "px";
     const ctx = c.getContext("2d");
     const img = ctx.createImageData(v.w, v.h);
     const gray = b64bytes(v.gray), labels = b64bytes(v.labels);
@@ -251,8 +267,8 @@
       let r = gray[p], g = gray[p], b = gray[p];
       if (map) {
         const m = map[p];
-        if (m > 25) { r = 255; g = Math.min(255, 60 + 3 * m); b = 0; }
-        else if (m < -25) { r = 0; g = Math.min(255, 60 - 3 * m); b = 255; }
+        if (m > 40) { r = 255; g = Math.min(255, 60 + 3 * m); b = 0; }
+        else if (m < -40) { r = 0; g = Math.min(255, 60 - 3 * m); b = 255; }
       } else if (labels[p]) {
         const rc = ROI_COLORS[(labels[p] - 1) % ROI_COLORS.length];
         r = 0.5 * r + 0.5 * rc[0]; g = 0.5 * g + 0.5 * rc[1]; b = 0.5 * b + 0.5 * rc[2];
@@ -272,9 +288,12 @@
       if (!d.n) return;
       const mean = $("slices-mean"), mapBox = $("slices-map");
       mean.innerHTML = ""; mapBox.innerHTML = "";
-      for (const view of ["sagittal", "coronal", "axial"]) {
-        mean.append(drawView(d.views[view], false));
-        if (d.map) mapBox.append(drawView(d.views[view], true));
+      const views = ["sagittal", "coronal", "axial"];
+      const widthPerHeight = views.reduce((a, k) => a + d.views[k].w / (d.views[k].h * d.views[k].aspect), 0);
+      const height = Math.min(140, ((mean.clientWidth || 360) - 12) / widthPerHeight);
+      for (const view of views) {
+        mean.append(drawView(d.views[view], false, height));
+        if (d.map) mapBox.append(drawView(d.views[view], true, height));
       }
       $("slices-note").textContent = `mean of ${d.n} volumes; ROIs: ${d.rois.join(", ") || "none"}` +
         ` (cut through ${d.centre_roi || "the centre"})`;
@@ -313,6 +332,7 @@
       S.slicesVersion = msg.slices;
     } else if (msg.type === "row") {
       applyRow(msg.row);
+      if (msg.status) S.status = msg.status;
     } else if (msg.type === "event") {
       S.events.push(msg.event); addEventItem(msg.event);
     } else if (msg.type === "status") {
@@ -324,9 +344,6 @@
       if (rebuild) { for (const p of Object.values(S.plots)) p.destroy(); S.plots = {}; }
     } else if (msg.type === "slices") {
       if (msg.version !== S.slicesVersion) { S.slicesVersion = msg.version; maybeSlices(true); }
-    }
-    if (msg.type === "row" && msg.row.i === S.maxIndex) {
-      S.status = Object.assign({}, S.status, { index: S.maxIndex });
     }
     S.received = (S.received || 0) + 1;
     scheduleRedraw();
