@@ -457,7 +457,7 @@ class FolderWatcher:
             self._unreadable(f, IngestError(f"holds {n_volumes} volumes (a whole run?); the "
                                             f"watcher expects one volume per file"))
             return
-        if not self._series_ok(f.name, info):
+        if not self._series_ok(f, info):
             f.state = _DONE
             return
         index = int(info.index)
@@ -539,10 +539,14 @@ class FolderWatcher:
         logger.warning("watcher: %s", text)
         self._handoff.notice("ignored_at_start", text, files=names)
 
-    def _series_ok(self, name: str, info: Any) -> bool:
+    def _series_ok(self, f: _File, info: Any) -> bool:
         problem = self._lock.check(info)
         if problem is None:
             return True
+        if "other_series" in f.reported:  # probed again as it grew: reported once
+            return False
+        f.reported.add("other_series")
+        name = f.name
         text = f"{name}: ignored: {problem}"
         logger.warning(text)
         self._handoff.count("other_series")

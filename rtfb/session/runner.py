@@ -149,6 +149,7 @@ class Session:
         self._end_reason: str | None = None
         self.replay_stale: set[int] | None = None
         self._pending_entries: dict[int, dict] = {}  # volume lines waiting for their send
+        self._send_lag = 0.0  # recent delay between hand-off and send (publisher thread)
         self._entry_lock = threading.Lock()
         self.status = SessionStatus()
         self.schedule = BlockSchedule(protocol.blocks)
@@ -313,7 +314,11 @@ class Session:
             with self._entry_lock:
                 entry = self._pending_entries.pop(message.get("volume_index"), None)
             if entry is not None:
-                self._write_entry(entry, message.get("time_published"))
+                sent = message.get("time_published")
+                if isinstance(sent, (int, float)):  # hand-off -> send lag, decaying maximum
+                    lag = max(0.0, sent - entry["times"]["published"])
+                    self._send_lag = max(lag, 0.9 * self._send_lag)
+                self._write_entry(entry, sent)
 
     def _write_entry(self, entry: dict, published: float | None) -> None:
         """Write one volume line (``published``: the send time, if known)."""
@@ -481,7 +486,9 @@ class Session:
         if self.replay_stale is not None:  # replay: as in the original session
             stale = index in self.replay_stale
         else:
-            stale = not self._silent and not is_fresh(times, processed, self.max_delay)
+            # fresh means *sent* within max_delay: allow for the publisher's recent lag
+            stale = not self._silent and not is_fresh(times, processed,
+                                                      self.max_delay - self._send_lag)
         if stale:  # too late to be shown as the participant's current state
             flags.append("stale")
             shown = None
