@@ -2,22 +2,36 @@
 feedback, per metric, against the participant's truth.
 
 Predictions: the protocol's metric computed on the participant's true ROI series (no drift,
-no motion; ``SyntheticSubject.series``) and mapped to the bar by the protocol's mapping with
+no motion; ``SyntheticSubject.series``) cleaned by the protocol's declared drift model
+(``_loop.truth_metric``, numpy only), and mapped to the bar by the protocol's mapping with
 its own baseline-block mean. Criteria (stated tolerances):
 
 - responder: in every regulate block, the bar over its second half minus the bar over the
   second half of the block before it (0.5 for the baseline block: the mapping's no-change
   level) equals the predicted difference within 0.12 (bar units, full range 1), and is
   clearly positive where the prediction is;
-- non-responder: no systematic regulate/rest difference (each |difference| < 0.1 and their
-  mean < 0.06) and the baseline metric within 5 % of its truth (PSC, a change near 0: within
-  0.25 percentage points).
+- non-responder (nothing planted: its regulation time course is 0): in every regulate
+  block the recorded bar difference equals the truth's within 0.1, the mean of the recorded
+  differences is below 0.06 (no systematic difference), and the baseline metric is within
+  5 % of its truth (PSC, a change near 0: within 0.25 percentage points). The truth's own
+  block differences are not 0: the participant's signals fluctuate whatever it does. With
+  seed 0 the PSC truth gives (0.049, -0.124) from the planted 0.04 Hz insula oscillation
+  alone (40-volume blocks hold 3.2 of its cycles, so their halves do not average it out),
+  so the former per-block criterion |difference| < 0.1 failed on the truth itself.
+
+Every test runs with head motion (up to 1 mm and 1 degree) as real sessions do, except the
+seed-FC responder (0.3: its predicted effect is the smallest). Seed FC is voxel-wise, so
+its protocol realigns with ``interpolation = "fourier"``: trilinear resampling lowers the
+noise variance of each voxel by a motion-dependent factor and raised the non-responder's
+baseline FC 26 % above its truth (seed 0; +19 % on average over 8 seeds, see
+docs/methods.md).
 """
 
 import numpy as np
 import pytest
 
 from tests.closed_loop._loop import (
+    PREPROCESS,
     block_contrasts,
     predicted_bar,
     recorded,
@@ -32,7 +46,8 @@ ALFF = dict(metric='kind = "alff"\nroi = "insula"\nwindow = 30\nband = [0.01, 0.
                      'scale = 0.3')
 FC = dict(metric='kind = "seed_fc"\nseed = "seed"\ntarget = "target"\nwindow = 40',
           feedback='baseline = "block:baseline"\ndirection = "up"\nchange = "difference"\n'
-                   'scale = 0.6')
+                   'scale = 0.6',
+          preprocess=PREPROCESS + '\ninterpolation = "fourier"')
 PSC = dict(metric='kind = "psc"\nroi = "insula"\nwindow = 40',
            feedback='baseline = "block:baseline"\ndirection = "up"\nchange = "difference"\n'
                     'scale = 1.0',
@@ -59,11 +74,15 @@ def _check_responder(loop, metric):
 
 
 def _check_non_responder(loop, metric, relative=True):
+    assert not any(loop["truth"]["participant"]["regulation"])  # nothing planted
     rec = block_contrasts(loop["protocol"], recorded(loop, "feedback_value"),
                           baseline_level=0.5)
+    pred = block_contrasts(loop["protocol"], predicted_bar(loop, truth_metric(loop)),
+                           baseline_level=0.5)
     diffs = [a - b for a, b in rec]
-    assert all(abs(d) < 0.1 for d in diffs), rec
-    assert abs(np.mean(diffs)) < 0.06, rec
+    pred_diffs = [a - b for a, b in pred]
+    assert all(abs(d - p) < 0.1 for d, p in zip(diffs, pred_diffs, strict=True)), (rec, pred)
+    assert abs(np.mean(diffs)) < 0.06, (rec, pred)
     block = loop["protocol"].baseline_block
     measured = np.nanmean(recorded(loop, metric)[block.start:block.stop])
     truth = np.nanmean(truth_metric(loop)[block.start:block.stop])
@@ -87,9 +106,8 @@ def test_seed_fc_responder(tmp_path):
     _check_responder(_loop(tmp_path, FC, "responder", max_motion=0.3), "seed_fc")
 
 
-@pytest.mark.slow
 def test_seed_fc_non_responder(tmp_path):
-    _check_non_responder(_loop(tmp_path, FC, "non-responder", max_motion=0.0), "seed_fc")
+    _check_non_responder(_loop(tmp_path, FC, "non-responder"), "seed_fc")
 
 
 def test_psc_responder(tmp_path):
@@ -98,7 +116,6 @@ def test_psc_responder(tmp_path):
     _check_responder(loop, "psc")
 
 
-@pytest.mark.slow
 def test_psc_non_responder(tmp_path):
     _check_non_responder(_loop(tmp_path, PSC, "non-responder"), "psc", relative=False)
 
