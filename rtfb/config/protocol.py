@@ -708,8 +708,7 @@ def _parse_preprocess(top: Section, session: SessionConfig, metric: MetricConfig
     return PreprocessConfig(
         realign=realign,
         reference_volume=reference,
-        interpolation=sec.string("interpolation", "linear", choices=("linear", "cubic",
-                                                                      "fourier")),
+        interpolation=sec.string("interpolation", "linear", choices=("linear", "cubic")),
         smoothing_fwhm=sec.number("smoothing_fwhm", 0.0, ge=0, unit="mm, 0 = none"),
         drift=drift,
         drift_order=sec.integer("drift_order", 2, ge=0),

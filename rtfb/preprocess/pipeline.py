@@ -50,7 +50,7 @@ class Preprocessor:
     ----------
     realign : bool
         Realign volumes to the reference.
-    interpolation : {"linear", "cubic", "fourier"}
+    interpolation : {"linear", "cubic"}
         Resampling of realigned volumes.
     smoothing_fwhm : float
         Gaussian smoothing in mm (0: none).

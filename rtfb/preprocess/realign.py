@@ -20,7 +20,6 @@ from scipy import ndimage
 
 from .._utils.checks import _check_option, check_finite_array, check_int, check_positive_number
 from .._utils.jit import pjit, prange
-from .fourier_interp import fourier_resample
 
 PARAM_NAMES = ("tx", "ty", "tz", "rx", "ry", "rz")
 _FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
@@ -138,10 +137,8 @@ class Realigner:
     step : int
         Subsampling of the reference's brain voxels used in the cost (every ``step``-th voxel
         along each axis).
-    interpolation : {"linear", "cubic", "fourier"}
-        Resampling of the output volume: trilinear, cubic B-spline, or band-limited
-        (:func:`~rtfb.preprocess.fourier_interp.fourier_resample`, which keeps the variance
-        of voxel-wise noise; the affine's axes must be orthogonal).
+    interpolation : {"linear", "cubic"}
+        Resampling of the output volume (trilinear, or cubic B-spline).
     max_iter : int
         Maximum Gauss-Newton iterations per volume.
     tol : float
@@ -198,7 +195,7 @@ class Realigner:
         check_int(self.step, "step", minimum=1)
         check_int(self.max_iter, "max_iter", minimum=1)
         check_positive_number(self.tol, "tol")
-        _check_option("interpolation", self.interpolation, ("linear", "cubic", "fourier"))
+        _check_option("interpolation", self.interpolation, ("linear", "cubic"))
         ref = check_finite_array(reference, "reference", ndim=3)
         affine = check_finite_array(affine, "affine", ndim=2)
         if affine.shape != (4, 4) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
@@ -210,11 +207,6 @@ class Realigner:
         self.affine_ = affine.copy()
         self.inv_affine_ = np.linalg.inv(affine)
         self.zooms_ = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
-        if self.interpolation == "fourier":
-            axes = affine[:3, :3] / self.zooms_
-            if not np.allclose(axes.T @ axes, np.eye(3), atol=1e-6):
-                raise ValueError("interpolation='fourier' needs an affine with orthogonal "
-                                 f"axes, got {affine[:3, :3].tolist()}; use 'cubic'.")
         self._sigma = self.fwhm * _FWHM_TO_SIGMA / self.zooms_
         smooth_ref = ndimage.gaussian_filter(ref, self._sigma, mode="nearest")
         if mask is None:
@@ -332,8 +324,6 @@ class Realigner:
             out = np.empty(self.shape_)
         if self.interpolation == "linear":
             _resample_linear(vol, c, out)
-        elif self.interpolation == "fourier":
-            fourier_resample(vol, c, self.zooms_, out=out)
         else:
             ndimage.affine_transform(vol, c[:3, :3], offset=c[:3, 3], order=3,
                                      mode="nearest", output=out)
