@@ -158,6 +158,7 @@ class FeedbackPublisher:
         self.stats = {"published": 0, "sent": 0, "resent": 0, "subscriptions": 0,
                       "dropped": 0, "callback_errors": 0}
         self._stats_lock = threading.Lock()
+        self._subscribed = threading.Condition(self._stats_lock)
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
@@ -295,6 +296,28 @@ class FeedbackPublisher:
     def _count(self, key: str, n: int = 1) -> None:
         with self._stats_lock:
             self.stats[key] += n
+            if key == "subscriptions":
+                self._subscribed.notify_all()
+
+    def wait_for_subscriptions(self, n: int, timeout: float | None = None) -> bool:
+        """Wait until ``n`` subscribe frames were seen in all (e.g. displays connected).
+
+        Parameters
+        ----------
+        n : int
+            Subscriptions to wait for (a display subscribes once, to every topic).
+        timeout : float | None
+            Longest wait in seconds (None: no limit).
+
+        Returns
+        -------
+        bool
+            Whether ``n`` subscriptions were seen before the timeout.
+        """
+        n = check_int(n, "n", minimum=0)
+        with self._subscribed:
+            return self._subscribed.wait_for(lambda: self.stats["subscriptions"] >= n,
+                                             timeout)
 
     def _close_wake(self) -> None:
         for s in (self._wake_r, self._wake_w):

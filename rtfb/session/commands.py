@@ -66,6 +66,10 @@ def add_run_parser(sub) -> None:
     p.add_argument("--participant-run", type=integer(ge=1, le=1000), default=1, metavar="N",
                    help="--simulate: run number of the virtual participant (a learner "
                         "improves with it; default 1)")
+    p.add_argument("--wait-display", type=number(gt=0), default=None, metavar="SECONDS",
+                   help="--simulate: before the simulated scanner starts, wait up to SECONDS "
+                        "for a participant display (rtfb display) to connect (default: no "
+                        "wait; a display that joins late shows the current state at once)")
     p.add_argument("--zmq", metavar="ADDRESS", type=zmq_address,
                    help="override the protocol's ZeroMQ address")
     p.add_argument("--feedback-key", metavar="FILE", default=None,
@@ -299,6 +303,16 @@ def run_command(args: argparse.Namespace) -> int:
             display.start()
         if args.dashboard is not None:
             dashboard = _start_dashboard(args, session, publisher.endpoint, finished, console)
+        if args.wait_display is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)  # Ctrl-C ends the wait
+            try:
+                _wait_for_display(publisher, 1 + (display is not None), args.wait_display,
+                                  console)
+            except KeyboardInterrupt:
+                console.print("stopped while waiting for a display (Ctrl-C)")
+                stop.set()
+            finally:
+                signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         source.start()
         if player is not None:
             player.start()
@@ -340,6 +354,20 @@ def run_command(args: argparse.Namespace) -> int:
     if display is not None:
         console.print(f"headless display received {len(display.messages)} messages")
     return 0
+
+
+def _wait_for_display(publisher, n: int, timeout: float, console) -> bool:
+    """``--wait-display``: wait for ``n`` subscriptions (the built-in headless display
+    counts as one); returns whether they came in time.
+    """
+    console.print(f"waiting up to {timeout:g} s for a display to connect to "
+                  f"{publisher.endpoint} (rtfb display --address {publisher.endpoint})")
+    if publisher.wait_for_subscriptions(n, timeout):
+        console.print("display connected: starting the simulated scanner")
+        return True
+    console.print(f"[yellow]no display connected within {timeout:g} s: starting anyway"
+                  "[/yellow]")
+    return False
 
 
 def _start_dashboard(args, session, endpoint, finished, console):
