@@ -5,7 +5,6 @@ replay reproduces them bit for bit.
 
 from __future__ import annotations
 
-import queue
 import threading
 
 import nibabel as nib
@@ -20,6 +19,7 @@ from rtfb.session.maps import MapJob, MapWriter
 from rtfb.session.metric_engine import MetricEngine, window_map
 from rtfb.session.runner import Session, replay_session
 from simulator import make_subject
+from tests.session._sources import ListSource
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -114,18 +114,6 @@ def test_writer_reports_a_saving_error(tmp_path):
 
 
 # ---------------------------------------------------------------------------- session
-class _ListSource:
-    """A finished acquisition: the volumes, then ``running = False``."""
-
-    def __init__(self, volumes):
-        self.items = list(volumes)
-        self.running = True
-
-    def get(self, timeout=None):
-        if not self.items:
-            self.running = False
-            raise queue.Empty
-        return self.items.pop(0)
 
 
 PROTOCOL = """
@@ -186,7 +174,7 @@ def test_session_writes_every_block_end_map_and_replay_reproduces_them(tmp_path)
     path.write_text(PROTOCOL.format(roi=roi))
     protocol = load_protocol(path)
     vols = [Volume(subj.data[..., t], subj.affine, t, tr=TR) for t in range(36)]
-    out = Session(protocol, tmp_path / "session").run(_ListSource(vols))
+    out = Session(protocol, tmp_path / "session").run(ListSource(vols))
     files = {p.name for p in (out / "maps").iterdir()}
     # block ends (13, 25, 35) are always written; periodic ones (every 5) may be skipped
     for name in ("alff", "reho"):
