@@ -189,7 +189,8 @@ def run_command(args: argparse.Namespace) -> int:
     from ..feedback.publisher import FeedbackPublisher
     from ..ingest import TCPReceiver
     from ..ingest.layouts import SeriesFolderWatcher
-    from .runner import Session, load_recorded_protocol, session_dir_name
+    from .replay import load_recorded_protocol
+    from .runner import Session, session_dir_name
     from .verify import verify_record
 
     console = Console()
@@ -391,7 +392,7 @@ def replay_command(args: argparse.Namespace) -> int:
     session_dir = Path(args.session_dir)
     out = Path(args.out) if args.out else session_dir / f"replay-{time.strftime('%Y%m%dT%H%M%S')}"
     from .record_reader import load_record
-    from .runner import replay_session
+    from .replay import replay_session
     from .verify import verify_record
 
     verify_record(session_dir)  # names the first changed volume before anything runs

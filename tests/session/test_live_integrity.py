@@ -19,7 +19,8 @@ from rtfb.config import load_protocol
 from rtfb.feedback.publisher import FeedbackPublisher
 from rtfb.ingest import FolderWatcher, Volume
 from rtfb.session.record_reader import load_record
-from rtfb.session.runner import Session, replay_session
+from rtfb.session.replay import replay_session
+from rtfb.session.runner import Session
 from tests.session._protocols import alff_protocol, subject
 from tests.session._sources import ListSource
 

@@ -17,7 +17,8 @@ from rtfb.metrics import alff, falff, reho
 from rtfb.session import maps as maps_module
 from rtfb.session.maps import MapJob, MapWriter
 from rtfb.session.metric_engine import MetricEngine, window_map
-from rtfb.session.runner import Session, replay_session
+from rtfb.session.replay import replay_session
+from rtfb.session.runner import Session
 from simulator import make_subject
 from tests.session._sources import ListSource
 
