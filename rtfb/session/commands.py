@@ -111,21 +111,24 @@ def add_report_parser(sub) -> None:
     p.set_defaults(func=report_command, command_parser=p)
 
 
-def _status_table(status: SessionStatus, n_expected: int) -> Table:
+def _status_table(status: SessionStatus, n_expected: int, metric: str = "metric") -> Table:
+    from rich import box
     from rich.table import Table
 
-    table = Table(title="rtfb session", show_header=True)
-    for col in ("volume", "block", "feedback", "FD (mm)", "latency (ms)", "missing", "late",
-                "flags"):
-        table.add_column(col)
+    # short headers and folding: nothing is cut on an 80-column terminal
+    table = Table(title="rtfb session", show_header=True, box=box.SIMPLE_HEAD)
+    for col in ("volume", "block", metric, "shown", "FD mm", "lat. ms", "missing", "late"):
+        table.add_column(col, overflow="fold")
+    table.caption = "flags: " + (", ".join(status.flags) or "-")
+    table.caption_justify = "left"
 
     def fmt(value, spec):
         return "-" if value is None else spec.format(value)
 
     table.add_row(f"{status.index + 1}/{n_expected}", status.block,
-                  fmt(status.value, "{:.2f}"), fmt(status.fd, "{:.2f}"),
-                  fmt(status.latency_ms, "{:.1f}"), str(status.missing), str(status.late),
-                  ",".join(status.flags))
+                  fmt(status.metric, "{:.4g}"), fmt(status.value, "{:.2f}"),
+                  fmt(status.fd, "{:.2f}"),
+                  fmt(status.latency_ms, "{:.1f}"), str(status.missing), str(status.late))
     return table
 
 
@@ -325,10 +328,14 @@ def run_command(args: argparse.Namespace) -> int:
                 while not finished.wait(0.2):
                     pass
             else:
-                with Live(_status_table(session.status, protocol.session.volumes),
+                kind = protocol.metric.kind
+                with Live(_status_table(session.status, protocol.session.volumes, kind),
                           console=console, refresh_per_second=8) as live:
                     while not finished.wait(0.125):
-                        live.update(_status_table(session.status, protocol.session.volumes))
+                        live.update(_status_table(session.status, protocol.session.volumes,
+                                                  kind))
+                    live.update(_status_table(session.status, protocol.session.volumes, kind))
+                console.print()
         except KeyboardInterrupt:
             console.print("stopping after the current volume (Ctrl-C) ...")
             stop.set()

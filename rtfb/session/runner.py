@@ -61,7 +61,8 @@ class SessionStatus:
 
     index: int = -1
     block: str = ""
-    value: float | None = None
+    value: float | None = None  # feedback shown to the participant (None: nothing shown)
+    metric: float | None = None  # the protocol's metric (NaN/None during warm-up)
     fd: float | None = None
     latency_ms: float | None = None
     processed: int = 0
@@ -539,7 +540,8 @@ class Session:
         s = self.status
         s.index, s.block, s.fd = index, block.condition, fd
         if not stale:
-            s.value = value
+            s.value = shown
+        s.metric = primary if math.isfinite(primary) else None
         s.stale += stale
         s.catching_up = stale
         s.latency_ms, s.flags = latency, tuple(flags)
