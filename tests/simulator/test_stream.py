@@ -20,13 +20,9 @@ import numpy as np
 import pytest
 
 from simulator import make_subject, write_subject
-from simulator.stream import (
-    FAULT_TYPES,
-    encode_frame,
-    parse_fault_value,
-    plan_faults,
-    stream,
-)
+from simulator.faults import FAULT_TYPES, parse_fault_value, plan_faults
+from simulator.stream import stream
+from simulator.tcp_sender import encode_frame
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(__file__).parents[2].parent / "shared" / "data"
