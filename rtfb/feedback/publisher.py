@@ -12,7 +12,6 @@ they already had.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import queue
@@ -26,6 +25,7 @@ from typing import Any
 import zmq
 
 from .._utils.checks import check_int, check_positive_number
+from .._utils.net import is_loopback
 from .messages import (
     DEFAULT_ADDRESS,
     FeedbackMessage,
@@ -75,21 +75,11 @@ def check_bind_address(address: str, allow_remote: bool = False) -> str:
                          f"free port), got {address!r}.")
     if port == "0":
         port = "*"
-    if not allow_remote and not _is_loopback(host):
+    if not allow_remote and not is_loopback(host):
         raise ValueError(f"refusing to bind {address!r}: it is not a loopback address, so "
                          "other computers could connect. Use tcp://127.0.0.1:PORT, or pass "
                          "allow_remote=True to publish on the network on purpose.")
     return f"tcp://{host}:{port}"
-
-
-def _is_loopback(host: str) -> bool:
-    host = host.strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # '*', an interface name or a host name
-        return False
 
 
 class FeedbackPublisher:
