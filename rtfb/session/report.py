@@ -33,22 +33,22 @@ from ..reporting import section as _section
 from . import report_blocks
 from .record_reader import SessionRecord, load_record
 from .report_plots import (
-    _background_image,
-    _condition_colors,
-    _event_indices,
-    _find_fd_threshold,
-    _fmt,
-    _fmt_time,
-    _int_or_none,
-    _metric_names,
-    _num,
-    _plot_feedback,
-    _plot_latency,
-    _plot_map,
-    _plot_metrics,
-    _plot_motion,
-    _Series,
-    _targets,
+    Series,
+    background_image,
+    block_colors,
+    event_indices,
+    feedback_targets,
+    find_fd_threshold,
+    fmt,
+    fmt_time,
+    int_or_none,
+    metric_names,
+    num,
+    plot_feedback,
+    plot_latency,
+    plot_map,
+    plot_metrics,
+    plot_motion,
 )
 
 __all__ = ["build_report_html", "write_report"]
@@ -76,7 +76,7 @@ def _summary_rows(record: SessionRecord, stats: dict[str, Any]) -> list[tuple[st
         ("Started", _esc(session.get("started"))),
         ("rtfb version (recorded)", _esc(session.get("rtfb_version"))),
         ("Source", _esc(source_kind)),
-        ("TR", _esc(_fmt(session.get("tr"), "s", 3))),
+        ("TR", _esc(fmt(session.get("tr"), "s", 3))),
         ("Volume shape", _esc("x".join(str(s) for s in shape) if isinstance(shape, list)
                               else shape)),
         ("Volumes expected", _esc(session.get("n_expected", "n/a"))),
@@ -88,8 +88,8 @@ def _summary_rows(record: SessionRecord, stats: dict[str, Any]) -> list[tuple[st
         ("Censored volumes", str(stats["n_censored"])
          + (f" ({100 * stats['n_censored'] / len(record.volumes):.1f}% of processed)"
             if record.volumes else "")),
-        ("Latency median", _esc(_fmt(stats["latency_median"], "ms"))),
-        ("Latency p95", _esc(_fmt(stats["latency_p95"], "ms"))),
+        ("Latency median", _esc(fmt(stats["latency_median"], "ms"))),
+        ("Latency p95", _esc(fmt(stats["latency_p95"], "ms"))),
         ("Warnings / errors", f'{stats["n_warning"]} / {stats["n_error"]}'),
     ]
 
@@ -102,13 +102,13 @@ def _block_table(rows: list[dict], protocol: dict) -> list[str]:
                       f"<th>vs baseline</th></tr>"]
     for r in rows:
         pct = r["metric_change_percent"]
-        change = _fmt(r["metric_change"], digits=3)
+        change = fmt(r["metric_change"], digits=3)
         if not math.isnan(pct):
             change += f" ({pct:+.1f} %)"
         out.append(f"<tr><td>{_esc(r['condition'])}</td><td>{_esc(r['volumes'])}</td>"
-                   f"<td>{_fmt(r['mean_feedback'], digits=2)} (n = {r['n_shown']})</td>"
-                   f"<td>{_fmt(100 * r['time_above_target'], '%', digits=0)}</td>"
-                   f"<td>{_fmt(r['metric_mean'], digits=3)}</td><td>{change}</td></tr>")
+                   f"<td>{fmt(r['mean_feedback'], digits=2)} (n = {r['n_shown']})</td>"
+                   f"<td>{fmt(100 * r['time_above_target'], '%', digits=0)}</td>"
+                   f"<td>{fmt(r['metric_mean'], digits=3)}</td><td>{change}</td></tr>")
     out.append("</table>")
     out.append(_note("Mean of the values shown to the participant, fraction of them at or "
                      "above the target line, and the fed-back metric's block mean minus its "
@@ -125,7 +125,7 @@ def _events_table(events: Sequence[dict[str, Any]]) -> list[str]:
     for event in rows[:_MAX_EVENT_ROWS]:
         kind = str(event.get("kind"))
         index = event.get("index")
-        body.append(f'<tr class="{_esc(kind)}"><td>{_esc(_fmt_time(event.get("time")))}</td>'
+        body.append(f'<tr class="{_esc(kind)}"><td>{_esc(fmt_time(event.get("time")))}</td>'
                     f"<td>{_esc(kind)}</td><td>{_esc('' if index is None else index)}</td>"
                     f"<td>{_esc(event.get('message'))}</td></tr>")
     body.append("</table>")
@@ -139,13 +139,13 @@ def build_report_html(record: SessionRecord, *, fd_threshold: float | None = Non
                       max_maps: int = 24) -> str:
     """HTML text of the report of ``record`` (see :func:`write_report`)."""
     volumes = record.volumes
-    series = _Series(volumes)
+    series = Series(volumes)
     events = record.events
 
-    latency = np.array([_num(v.get("latency_ms")) for v in volumes], dtype=float)
+    latency = np.array([num(v.get("latency_ms")) for v in volumes], dtype=float)
     latency = latency[np.isfinite(latency)]
-    n_missing, missing_indices = _event_indices(events, "missing")
-    n_late, _ = _event_indices(events, "late")
+    n_missing, missing_indices = event_indices(events, "missing")
+    n_late, _ = event_indices(events, "late")
     censored = series.censored()
     stats = {
         "n_missing": n_missing,
@@ -158,7 +158,7 @@ def build_report_html(record: SessionRecord, *, fd_threshold: float | None = Non
         "n_error": sum(e.get("kind") == "error" for e in events),
     }
     session = record.session
-    tr = _num(session.get("tr"))
+    tr = num(session.get("tr"))
     tr = None if math.isnan(tr) else tr
     title = f"rtfb session report — {session.get('session_id') or record.path.name}"
 
@@ -174,15 +174,15 @@ def build_report_html(record: SessionRecord, *, fd_threshold: float | None = Non
     sections.append(_section("summary", "Summary", summary))
 
     runs = series.block_runs()
-    colors = _condition_colors(runs) if len(series) else {}
+    colors = block_colors(runs) if len(series) else {}
     if len(series):
         # no target line when no block shows feedback (monitoring protocols)
         shows_feedback = any(not isinstance(v.get("block"), dict)
                              or v["block"].get("feedback") is not False for v in volumes)
-        targets = _targets(record.messages) if shows_feedback else []
+        targets = feedback_targets(record.messages) if shows_feedback else []
         marks = [(int(e["index"]), str(e.get("message", ""))) for e in events
-                 if e.get("kind") == "mark" and _int_or_none(e.get("index")) is not None]
-        uri = _plot_feedback(series, runs, colors, targets, missing_indices, tr, marks)
+                 if e.get("kind") == "mark" and int_or_none(e.get("index")) is not None]
+        uri = plot_feedback(series, runs, colors, targets, missing_indices, tr, marks)
         body = [_img(uri, "feedback value over time"),
                 _note("Feedback value shown to the participant per volume (gaps: warm-up or "
                       "no value); shaded: protocol blocks; red lines: missing volumes; "
@@ -195,17 +195,17 @@ def build_report_html(record: SessionRecord, *, fd_threshold: float | None = Non
     if len(series):
         targets = {v["index"]: v["target"] for v in volumes
                    if isinstance(v.get("target"), (int, float))}
-        for index, target in _targets(record.messages):
+        for index, target in feedback_targets(record.messages):
             if index is not None:
                 targets.setdefault(index, target)
         rows = report_blocks.block_rows(volumes, protocol, targets)
         sections.append(_section("blocks", "Per block", _block_table(rows, protocol)))
 
-    names = _metric_names(volumes)
+    names = metric_names(volumes)
     if len(series) and names:
         labels = {n: report_blocks.metric_label(protocol, n) for n in names}
         baselines = {n: report_blocks.baseline_value(volumes, protocol, n) for n in names}
-        body = [_img(_plot_metrics(series, names, runs, colors, labels, baselines),
+        body = [_img(plot_metrics(series, names, runs, colors, labels, baselines),
                      "ROI metrics over time"),
                 _note("Metric values per volume, labelled with their ROI and unit (NaN/null "
                       "during warm-up not drawn); dotted: mean over the baseline block.")]
@@ -214,11 +214,11 @@ def build_report_html(record: SessionRecord, *, fd_threshold: float | None = Non
     sections.append(_section("metrics", "ROI metrics", body))
 
     has_motion = any(isinstance(v.get("motion"), (list, tuple))
-                     and any(not math.isnan(_num(x)) for x in v["motion"]) for v in volumes)
-    has_fd = any(not math.isnan(_num(v.get("fd"))) for v in volumes)
+                     and any(not math.isnan(num(x)) for x in v["motion"]) for v in volumes)
+    has_fd = any(not math.isnan(num(v.get("fd"))) for v in volumes)
     if has_motion or has_fd:
-        threshold = fd_threshold if fd_threshold is not None else _find_fd_threshold(record)
-        body = [_img(_plot_motion(series, has_motion, has_fd, censored, threshold),
+        threshold = fd_threshold if fd_threshold is not None else find_fd_threshold(record)
+        body = [_img(plot_motion(series, has_motion, has_fd, censored, threshold),
                      "motion parameters and framewise displacement")]
         if threshold is None:
             body.append(_note("The FD censoring threshold is not recorded in session.json or "
@@ -230,7 +230,7 @@ def build_report_html(record: SessionRecord, *, fd_threshold: float | None = Non
     sections.append(_section("motion", "Motion", body))
 
     if latency.size:
-        body = [_img(_plot_latency(latency, stats["latency_median"], stats["latency_p95"]),
+        body = [_img(plot_latency(latency, stats["latency_median"], stats["latency_p95"]),
                      "latency histogram"),
                 _note(f"{latency.size} volumes, file complete → message published.")]
     else:
@@ -241,7 +241,7 @@ def build_report_html(record: SessionRecord, *, fd_threshold: float | None = Non
 
     if (record.path / "rois").is_dir() and record.inputs:
         try:
-            uri = report_blocks.roi_overlay(record.path, _background_image(record),
+            uri = report_blocks.roi_overlay(record.path, background_image(record),
                                             _new_figure, _png_uri)
         except Exception as err:  # a damaged ROI file must not stop the report
             uri, note = None, f"Could not draw the ROIs: {err}"
@@ -253,7 +253,7 @@ def build_report_html(record: SessionRecord, *, fd_threshold: float | None = Non
     map_files = record.map_files()
     if map_files:
         body = []
-        background = _background_image(record)
+        background = background_image(record)
         if background is None:
             body.append(_note("No recorded input volume: maps are shown without anatomy."))
         else:
@@ -261,7 +261,7 @@ def build_report_html(record: SessionRecord, *, fd_threshold: float | None = Non
                               "volumes."))
         for path in map_files[:max_maps]:
             try:
-                body.append(_img(_plot_map(path, background), f"map {path.name}"))
+                body.append(_img(plot_map(path, background), f"map {path.name}"))
             except Exception as err:  # a map cut by a crash must not stop the report
                 body.append(_note(f"Could not plot {path.name}: {err}"))
         if len(map_files) > max_maps:

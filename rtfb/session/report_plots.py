@@ -1,6 +1,6 @@
 """Values and plots of the session report (:mod:`rtfb.session.report`).
 
-Reading the per-volume series of a record (:class:`_Series`), finding thresholds and
+Reading the per-volume series of a record (:class:`Series`), finding thresholds and
 targets in the record, and drawing each plot on a matplotlib figure (Agg canvas, no pyplot
 state) returned as a PNG data URI.
 """
@@ -30,7 +30,7 @@ _FD_TABLE = re.compile(r"(fd|censor|motion)")
 
 
 # --------------------------------------------------------------------------- values
-def _num(value: Any) -> float:
+def num(value: Any) -> float:
     """``value`` as float, NaN for ``None``, booleans, non-numbers and non-finite values."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return math.nan
@@ -38,23 +38,26 @@ def _num(value: Any) -> float:
     return value if math.isfinite(value) else math.nan
 
 
-def _int_or_none(value: Any) -> int | None:
+def int_or_none(value: Any) -> int | None:
+    """``value`` as int, or None unless it is an integer (booleans are not)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         return None
     return int(value)
 
 
-def _fmt(value: Any, unit: str = "", digits: int = 1) -> str:
-    number = _num(value)
+def fmt(value: Any, unit: str = "", digits: int = 1) -> str:
+    """A number for a table cell (``-`` for missing values), with its unit."""
+    number = num(value)
     if math.isnan(number):
         return "n/a"
     return f"{number:.{digits}f}{(' ' + unit) if unit else ''}"
 
 
-def _fmt_time(value: Any) -> str:
+def fmt_time(value: Any) -> str:
+    """An epoch time (or an already formatted one) as local date and time."""
     if isinstance(value, str):
         return value
-    number = _num(value)
+    number = num(value)
     if math.isnan(number):
         return ""
     try:
@@ -64,13 +67,13 @@ def _fmt_time(value: Any) -> str:
     return moment.isoformat(timespec="milliseconds")
 
 
-class _Series:
+class Series:
     """Per-volume values laid out on the full index range (NaN where nothing was recorded)."""
 
     def __init__(self, volumes: Sequence[dict[str, Any]]):
         self.by_index: dict[int, dict[str, Any]] = {}
         for volume in volumes:
-            index = _int_or_none(volume.get("index"))
+            index = int_or_none(volume.get("index"))
             if index is not None:
                 self.by_index[index] = volume  # a re-processed index: the last one wins
         if self.by_index:
@@ -82,13 +85,15 @@ class _Series:
         return len(self.by_index)
 
     def values(self, getter) -> np.ndarray:
+        """``getter(volume)`` per volume index (NaN where missing or not a number)."""
         out = np.full(self.x.size, np.nan)
         start = self.x[0] if self.x.size else 0
         for index, volume in self.by_index.items():
-            out[index - start] = _num(getter(volume))
+            out[index - start] = num(getter(volume))
         return out
 
     def censored(self) -> np.ndarray:
+        """Indices of the censored volumes."""
         return np.array(sorted(i for i, v in self.by_index.items() if v.get("censored") is True),
                         dtype=int)
 
@@ -120,7 +125,8 @@ def _get_motion(volume: dict[str, Any], k: int) -> Any:
     return None
 
 
-def _metric_names(volumes: Sequence[dict[str, Any]]) -> list[str]:
+def metric_names(volumes: Sequence[dict[str, Any]]) -> list[str]:
+    """Metric names of the volumes' ``metrics``, in first-seen order."""
     names: dict[str, None] = {}
     for volume in volumes:
         metrics = volume.get("metrics")
@@ -144,7 +150,7 @@ def _find_number(obj: Any, key: str, depth: int = 3) -> float | None:
                 value = item[key]
                 if isinstance(value, dict):
                     value = value.get("value")
-                number = _num(value)
+                number = num(value)
                 if not math.isnan(number):
                     return number
             nested.extend(v for v in item.values() if isinstance(v, dict))
@@ -152,7 +158,7 @@ def _find_number(obj: Any, key: str, depth: int = 3) -> float | None:
     return None
 
 
-def _targets(messages: Sequence[dict[str, Any]]) -> list[tuple[int | None, float]]:
+def feedback_targets(messages: Sequence[dict[str, Any]]) -> list[tuple[int | None, float]]:
     """``(volume index, target)`` of every message that carries a feedback target."""
     points = []
     for entry in messages:
@@ -161,7 +167,7 @@ def _targets(messages: Sequence[dict[str, Any]]) -> list[tuple[int | None, float
             continue
         target = _find_number(message, "target")
         if target is not None:
-            index = _int_or_none(message.get("index", message.get("volume_index")))
+            index = int_or_none(message.get("index", message.get("volume_index")))
             points.append((index, target))
     return points
 
@@ -172,7 +178,7 @@ def _fd_threshold_from(obj: Any, in_fd_table: bool = False, depth: int = 0) -> f
     for key, value in obj.items():
         name = str(key).lower()
         if _FD_KEY.match(name) or (in_fd_table and name in ("threshold", "fd")):
-            number = _num(value)
+            number = num(value)
             if not math.isnan(number):
                 return number
     for key, value in obj.items():
@@ -184,7 +190,7 @@ def _fd_threshold_from(obj: Any, in_fd_table: bool = False, depth: int = 0) -> f
     return None
 
 
-def _find_fd_threshold(record: SessionRecord) -> float | None:
+def find_fd_threshold(record: SessionRecord) -> float | None:
     """The FD censoring threshold from ``session.json`` or ``protocol.toml``, if recorded."""
     found = _fd_threshold_from(record.session)
     if found is not None:
@@ -206,14 +212,14 @@ def _find_fd_threshold(record: SessionRecord) -> float | None:
     return _fd_threshold_from(config)
 
 
-def _event_indices(events: Sequence[dict[str, Any]], kind: str) -> tuple[int, list[int]]:
+def event_indices(events: Sequence[dict[str, Any]], kind: str) -> tuple[int, list[int]]:
     """Number of ``kind`` events (distinct volume indices when given) and those indices."""
     indices: set[int] = set()
     without_index = 0
     for event in events:
         if event.get("kind") != kind:
             continue
-        index = _int_or_none(event.get("index"))
+        index = int_or_none(event.get("index"))
         if index is None:
             without_index += 1
         else:
@@ -222,7 +228,8 @@ def _event_indices(events: Sequence[dict[str, Any]], kind: str) -> tuple[int, li
 
 
 # --------------------------------------------------------------------------- plotting
-def _condition_colors(runs: Sequence[tuple[int, int, str]]) -> dict[str, Any]:
+def block_colors(runs: Sequence[tuple[int, int, str]]) -> dict[str, Any]:
+    """Colour of each block condition (the shared report palette)."""
     return condition_colors(condition for _, _, condition in runs)
 
 
@@ -261,8 +268,9 @@ def _add_time_axis(ax, tr: float | None) -> None:
     top.set_xlabel("time = index × TR (s)", fontsize=9)
 
 
-def _plot_feedback(series: _Series, runs, colors, targets, missing: list[int],
+def plot_feedback(series: Series, runs, colors, targets, missing: list[int],
                    tr: float | None, marks: Sequence[tuple[int, str]] = ()) -> str:
+    """Feedback shown per volume with blocks, target, missing volumes and marks (PNG URI)."""
     figure = _new_figure(10, 3.4)
     ax = figure.add_subplot()
     _shade_blocks(ax, runs, colors, label=True)
@@ -300,8 +308,9 @@ def _plot_feedback(series: _Series, runs, colors, targets, missing: list[int],
     return _png_uri(figure)
 
 
-def _plot_metrics(series: _Series, names: list[str], runs, colors, labels=None,
+def plot_metrics(series: Series, names: list[str], runs, colors, labels=None,
                   baselines=None) -> str:
+    """ROI metrics per volume, with their units and baselines (PNG data URI)."""
     figure = _new_figure(10, 0.6 + 1.7 * len(names))
     axes = figure.subplots(len(names), 1, sharex=True, squeeze=False)[:, 0]
     for k, (ax, name) in enumerate(zip(axes, names, strict=True)):
@@ -325,8 +334,9 @@ def _plot_metrics(series: _Series, names: list[str], runs, colors, labels=None,
     return _png_uri(figure)
 
 
-def _plot_motion(series: _Series, has_motion: bool, has_fd: bool, censored: np.ndarray,
+def plot_motion(series: Series, has_motion: bool, has_fd: bool, censored: np.ndarray,
                  threshold: float | None) -> str:
+    """Motion parameters and FD with its threshold and censored volumes (PNG URI)."""
     rows = 2 * has_motion + has_fd
     figure = _new_figure(10, 0.6 + 2.0 * rows)
     axes = list(figure.subplots(rows, 1, sharex=True, squeeze=False)[:, 0])
@@ -364,7 +374,8 @@ def _plot_motion(series: _Series, has_motion: bool, has_fd: bool, censored: np.n
     return _png_uri(figure)
 
 
-def _plot_latency(latency: np.ndarray, median: float, p95: float) -> str:
+def plot_latency(latency: np.ndarray, median: float, p95: float) -> str:
+    """Latency histogram (readable with one slow volume), as a PNG data URI."""
     figure = _new_figure(7, 3.0)
     ax = figure.add_subplot()
     bins, log = report_blocks.latency_bins(latency, median)
@@ -381,7 +392,8 @@ def _plot_latency(latency: np.ndarray, median: float, p95: float) -> str:
     return _png_uri(figure)
 
 
-def _background_image(record: SessionRecord):
+def background_image(record: SessionRecord):
+    """Mean of the recorded input volumes as a NIfTI image (None without inputs)."""
     import nibabel as nib
 
     mean = record.mean_input()
@@ -397,7 +409,8 @@ def _background_image(record: SessionRecord):
     return nib.Nifti1Image(mean, affine)
 
 
-def _plot_map(path: Path, background) -> str:
+def plot_map(path: Path, background) -> str:
+    """A whole-brain map over the background image, as a PNG data URI."""
     import nibabel as nib
     from nilearn.plotting import plot_stat_map
 
