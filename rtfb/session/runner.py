@@ -51,6 +51,7 @@ from .reference import reference_problem
 from .rois import resolve_rois
 from .schedules import FeedbackSchedule
 from .timing import is_fresh, latency_origin, source_times
+from .volume_lines import VolumeLines
 
 logger = logging.getLogger("rtfb.session")
 
@@ -150,9 +151,6 @@ class Session:
         self._geometry = GeometryLock(tr=protocol.session.tr)
         self._end_reason: str | None = None
         self.replay_stale: set[int] | None = None
-        self._pending_entries: dict[int, dict] = {}  # volume lines waiting for their send
-        self._send_lag = 0.0  # recent delay between hand-off and send (publisher thread)
-        self._entry_lock = threading.Lock()
         self.status = SessionStatus()
         self.schedule = BlockSchedule(protocol.blocks)
         self.feedback_schedule = FeedbackSchedule(  # continuous/intermittent, sham, shaping
@@ -206,6 +204,7 @@ class Session:
                                       "--resume to continue it or choose another --out.")
             self.session_id = uuid.uuid4().hex[:12]
         self.recorder = SessionRecorder(self.out_dir)
+        self._lines = VolumeLines(self.recorder, on_latency=self._set_latency)
         if not self.resume:  # before any volume: a kill at any moment leaves a resumable record
             self.recorder.write_session(self._session_info(None), self.protocol.path)
 
@@ -308,42 +307,14 @@ class Session:
         """``on_sent`` hook of the publisher: records every message as actually sent.
 
         A feedback message's volume line is written here, in the publisher's thread, once
-        the message is out: its ``published`` time is the real send time, and writing and
-        fsyncing the record stays off the processing thread's latency path.
+        the message is out (:class:`~rtfb.session.volume_lines.VolumeLines`).
         """
         self.recorder.write_message(topic, message)
         if topic == "feedback":
-            with self._entry_lock:
-                entry = self._pending_entries.pop(message.get("volume_index"), None)
-            if entry is not None:
-                sent = message.get("time_published")
-                if isinstance(sent, (int, float)):  # hand-off -> send lag, decaying maximum
-                    lag = max(0.0, sent - entry["times"]["published"])
-                    self._send_lag = max(lag, 0.9 * self._send_lag)
-                self._write_entry(entry, sent)
+            self._lines.sent(message)
 
-    def _write_entry(self, entry: dict, published: float | None) -> None:
-        """Write one volume line (``published``: the send time, if known)."""
-        times = entry["times"]
-        if published is not None:
-            times["published"] = published
-            origin = latency_origin(times)
-            entry["latency_ms"] = None if origin is None else (published - origin) * 1e3
-            self.status.latency_ms = entry["latency_ms"]
-        self.recorder.write_volume(entry)
-        self.recorder.request_sync()
-
-    def _flush_entries(self, older_than: float | None = None) -> None:
-        """Write volume lines whose message was never reported sent (dropped, or the
-        publisher stopped): with the hand-off time as ``published``.
-        """
-        with self._entry_lock:
-            limit = math.inf if older_than is None else time.time() - older_than
-            late = [i for i, e in self._pending_entries.items()
-                    if e["times"]["published"] <= limit]
-            entries = [self._pending_entries.pop(i) for i in sorted(late)]
-        for entry in entries:
-            self._write_entry(entry, None)
+    def _set_latency(self, latency_ms: float | None) -> None:
+        self.status.latency_ms = latency_ms
 
     def _publish(self, topic: str, message: dict) -> bool:
         """Hand a message to the publisher; False if it was not queued for sending."""
@@ -500,7 +471,7 @@ class Session:
         else:
             # fresh means *sent* within max_delay: allow for the publisher's recent lag
             stale = not self._silent and not is_fresh(times, processed,
-                                                      self.max_delay - self._send_lag)
+                                                      self.max_delay - self._lines.send_lag)
         if stale:  # too late to be shown as the participant's current state
             flags.append("stale")
             shown = None
@@ -524,17 +495,12 @@ class Session:
         if rejected:
             entry["rejected_reason"] = rejected
         if not self._silent:
-            self._flush_entries(older_than=5.0)
+            self._lines.flush(older_than=5.0)
             deferred = not isinstance(self.publisher, _NoPublisher)
             if deferred:  # written by record_message once sent (real send time)
-                with self._entry_lock:
-                    self._pending_entries[index] = entry
-            if not self._publish("feedback", msg) and deferred:
-                with self._entry_lock:
-                    self._pending_entries.pop(index, None)
-                self._write_entry(entry, None)
-            elif not deferred:
-                self._write_entry(entry, None)
+                self._lines.defer(index, entry)
+            if not self._publish("feedback", msg) or not deferred:
+                self._lines.write_now(index, entry)
         self._submit_maps(index, block)
         self._processed.add(index)
         s = self.status
@@ -553,7 +519,7 @@ class Session:
         """Once the publisher has stopped: write the volume lines whose message was never
         reported sent, and close the record.
         """
-        self._flush_entries()
+        self._lines.flush()
         self.recorder.close_volumes()
         self.recorder.close_messages()
 
