@@ -23,6 +23,7 @@ Layout written by :func:`write_cohort`::
       derivatives/truth/
         dataset_description.json
         truth.json                    effect definition + per-subject planted values
+        template.nii.gz               expected anatomy on the common grid (registration target)
         mask.nii.gz                   shared brain mask (uint8)
         roi-<name>.nii.gz             shared ROIs (uint8)
         network.nii.gz                planted network (seed + target ROIs, uint8)
@@ -43,6 +44,15 @@ Sessions (``sessions=("pre", "post")``): every subject gets one run per session 
 amplitude is ``max(0, amplitude + treatment_effect)`` and their VAS
 ``max(0, VAS + treatment_vas)``; controls are unchanged. ``truth.json`` records both.
 
+Subjects on their own grids (``varied_grids=True``): every run is simulated on the common
+grid, then written as a scanner would have seen that head (:mod:`simulator.grids`): its own
+voxel size and field of view, RAS or LAS axes, and a head pose (rotation up to 6 degrees
+per axis, translation up to 4 mm) drawn per run. Every subject also carries a shared
+anatomy (a smooth pattern of +-30 % of the baseline, constant in time, so no metric sees
+it) for registration to lock onto. The truth (mask, ROIs, atlas) stays on the common grid,
+with ``derivatives/truth/template.nii.gz`` (the expected anatomy, the registration target)
+and each run's grid and pose in ``truth.json`` (``grid``).
+
 Subjects are numbered patients first (``sub-01`` .. ``sub-<N>``), then controls. Nothing
 here imports ``rtfb``.
 """
@@ -56,7 +66,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
+from .grids import ANATOMY_CONTRAST, anatomy_field, resample_run, subject_geometry
 from .synthetic import make_subject
 
 __all__ = ["CohortSubject", "make_atlas", "make_cohort_plan", "write_cohort"]
@@ -233,6 +245,7 @@ def write_cohort(
     sessions: Sequence[str] | None = None,
     treatment_effect: float = 0.0,
     treatment_vas: float = 0.0,
+    varied_grids: bool = False,
     **subject_kwargs,
 ) -> dict:
     """Write a synthetic BIDS cohort with a planted left-insula ALFF effect.
@@ -255,6 +268,9 @@ def write_cohort(
         Session labels (without ``ses-``), e.g. ``("pre", "post")``; None: no sessions.
     treatment_effect, treatment_vas : float
         Change of the patients' left-insula amplitude and VAS in the last session.
+    varied_grids : bool
+        Write each subject on its own grid, axis order and head pose (see the module
+        docstring); the truth stays on the common grid.
     **subject_kwargs
         Further keyword arguments of :func:`simulator.synthetic.make_subject` (e.g.
         ``noise_sigma``); ``alff_amplitude``, ``baseline``, ``seed`` are set per subject;
@@ -309,8 +325,9 @@ def write_cohort(
 
     shared = None
     subjects_truth = {}
+    anatomy = soft = None
     session_list = [None] if not sessions else [str(x).removeprefix("ses-") for x in sessions]
-    for s in plan:
+    for index, s in enumerate(plan):
         entry = {**s.as_dict()}
         ses_rows = []
         for k, ses in enumerate(session_list):
@@ -336,7 +353,18 @@ def write_cohort(
             func = (sub_root if ses is None else sub_root / f"ses-{ses}") / "func"
             func.mkdir(parents=True, exist_ok=True)
             stem = f"{ent}_task-{TASK}_bold"
-            _save_nifti(subject.data, subject.affine, func / f"{stem}.nii.gz", np.float32, tr)
+            data, affine, geometry = subject.data, subject.affine, None
+            if varied_grids:
+                if anatomy is None:
+                    anatomy = anatomy_field(shared.mask.shape, seed)
+                    soft = ndimage.gaussian_filter(shared.mask.astype(np.float64), 0.6)
+                offset = (s.baseline * ANATOMY_CONTRAST * soft * anatomy).astype(np.float32)
+                zooms = np.sqrt((subject.affine[:3, :3] ** 2).sum(axis=0))
+                geometry = subject_geometry(index, seed_k, subject.mask.shape, zooms)
+                data = resample_run(data + offset[..., None], subject.affine, geometry)
+                affine = np.asarray(geometry["affine"])
+            _save_nifti(data, affine, func / f"{stem}.nii.gz", np.float32, tr)
+            del data
             _write_json(func / f"{stem}.json", {"RepetitionTime": float(tr), "TaskName": TASK})
             sub_truth_dir = truth_dir / s.participant_id
             sub_truth_dir.mkdir(exist_ok=True)
@@ -344,10 +372,14 @@ def write_cohort(
             bold = str((func / f"{stem}.nii.gz").relative_to(root))
             if ses is None:
                 entry.update(bold=bold, alff_phase_rad=subject.truth["alff"]["phase_rad"])
+                if geometry is not None:
+                    entry["grid"] = geometry
             else:
                 entry.setdefault("sessions", {})[f"ses-{ses}"] = {
                     "bold": bold, "alff_amplitude": round(amplitude, 6), "vas": vas,
                     "alff_phase_rad": subject.truth["alff"]["phase_rad"]}
+                if geometry is not None:
+                    entry["sessions"][f"ses-{ses}"]["grid"] = geometry
                 ses_rows.append((f"ses-{ses}", vas))
             del subject
         if ses_rows:
@@ -359,6 +391,11 @@ def write_cohort(
         subjects_truth[s.participant_id] = entry
 
     _save_nifti(shared.mask, shared.affine, truth_dir / "mask.nii.gz", np.uint8)
+    if varied_grids:
+        template = mean_baseline * soft * (1.0 + ANATOMY_CONTRAST * anatomy)
+        _save_nifti(template, shared.affine, truth_dir / "template.nii.gz", np.float32)
+    elif (truth_dir / "template.nii.gz").exists():
+        (truth_dir / "template.nii.gz").unlink()
     for name, roi in shared.rois.items():
         _save_nifti(roi, shared.affine, truth_dir / f"roi-{name}.nii.gz", np.uint8)
     network = shared.rois["seed"] | shared.rois["target"]
@@ -386,6 +423,11 @@ def write_cohort(
         "tr": float(tr),
         "voxel_size": shared.truth["voxel_size"],
         "affine": shared.affine.tolist(),
+        "grids": "varied" if varied_grids else "shared",
+        "template": "template.nii.gz" if varied_grids else None,
+        "space": "the truth (mask, ROIs, atlas, template) is on the common grid 'affine'; "
+                 + ("each run's grid and head pose: subjects[...]['grid'] (simulator.grids)"
+                    if varied_grids else "every run is on that grid"),
         "effect": {
             "metric": "ALFF",
             "roi": "left_insula",
