@@ -18,6 +18,9 @@ its grid is the grid of the normalised maps.
 run onto the template grid and :meth:`Registration.warp_series` the in-mask voxels of a whole
 series (one composite sampling of the run's grid, then linear interpolation per volume).
 :meth:`Registration.save` / :func:`load_registration` cache it as ``.npz`` + ``.json``.
+With a T1 image, the T1 is registered to the template and the mean EPI rigidly to the T1
+(:func:`through_rigid` composes the two). Bringing a whole run to the template grid with
+its files and cache: :mod:`rtfb.offline.template_space`.
 """
 
 from __future__ import annotations
@@ -32,8 +35,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["MNI_SPACE", "Registration", "Template", "load_registration", "load_template",
-           "mean_epi", "normalise_run", "register", "registration_paths",
-           "registration_summary", "warped_dice"]
+           "mean_epi", "register", "through_rigid", "warped_dice"]
 
 #: Space label (templateflow) of nilearn's MNI152 template.
 MNI_SPACE = "MNI152NLin2009aSym"
@@ -161,8 +163,9 @@ class Registration:
     Attributes
     ----------
     affine : numpy.ndarray, shape (4, 4)
-        Template world -> run world (mm): the point of the run matched to template point
-        ``x`` is ``affine @ x`` before the nonlinear displacement (dipy's ``AffineMap``).
+        Template world -> world of ``moving_affine`` (mm): the point of the run matched to
+        template point ``x`` is ``affine @ x`` before the nonlinear displacement (dipy's
+        ``AffineMap``); see :func:`through_rigid` for a run registered through its T1.
     mapping : dipy.align.imwarp.DiffeomorphicMap | None
         The SyN map (None: affine only).
     template_shape, template_affine, moving_shape, moving_affine
@@ -314,7 +317,7 @@ def warped_dice(reg: Registration, moving_mask: np.ndarray, template_mask: np.nd
 def register(moving: np.ndarray, moving_affine: np.ndarray, template: Template, *,
              nonlinear: bool = True, affine_iters: tuple[int, ...] = (200, 100, 20),
              syn_iters: tuple[int, ...] = (30, 15, 5), cc_radius: int | None = None,
-             progress=None) -> Registration:
+             rigid_only: bool = False) -> Registration:
     """Register an image (a mean EPI, a T1) to a template: affine by MI, then SyN by CC.
 
     Parameters
@@ -332,14 +335,13 @@ def register(moving: np.ndarray, moving_affine: np.ndarray, template: Template, 
         fewer than 6 voxels along an axis are dropped).
     cc_radius : int | None
         Window radius (voxels) of the CC metric; default 4, or 2 on grids under 32 voxels.
-    progress : callable | None
-        Called with a short text before each step (``"affine"``, ``"SyN"``).
+    rigid_only : bool
+        Stop after the rigid stage (a mean EPI to the same subject's T1; no SyN).
 
     Returns
     -------
     Registration
-        ``info`` holds the steps and parameters, the seconds of each stage and the mutual
-        at the end of the affine stage.
+        ``info`` holds the steps, their parameters and seconds.
     """
     import dipy.align.imaffine  # noqa: F401 - configures dipy's logger, then quieten it
 
@@ -347,14 +349,14 @@ def register(moving: np.ndarray, moving_affine: np.ndarray, template: Template, 
     level = dipy_log.level
     dipy_log.setLevel(logging.WARNING)  # dipy logs every pyramid level at INFO
     try:
-        return _register(moving, moving_affine, template, nonlinear, affine_iters, syn_iters,
-                         cc_radius, progress)
+        return _register(moving, moving_affine, template, nonlinear and not rigid_only,
+                         affine_iters, syn_iters, cc_radius, rigid_only)
     finally:
         dipy_log.setLevel(level)
 
 
 def _register(moving, moving_affine, template, nonlinear, affine_iters, syn_iters, cc_radius,
-              progress) -> Registration:
+              rigid_only) -> Registration:
     from dipy.align.imaffine import (
         AffineRegistration,
         MutualInformationMetric,
@@ -372,10 +374,8 @@ def _register(moving, moving_affine, template, nonlinear, affine_iters, syn_iter
     static, static_affine = template.image, template.affine
     moving_affine = np.asarray(moving_affine, dtype=float)
     info: dict = {"Template": template.as_dict(), "Method": "dipy", "Steps": []}
-    say = progress or (lambda text: None)
 
     started = time.perf_counter()
-    say("affine")
     smallest = tuple(min(a, b) for a, b in zip(static.shape, moving.shape, strict=True))
     factors, sigmas = _pyramid(smallest)
     iters = list(affine_iters)[-len(factors):]
@@ -383,15 +383,19 @@ def _register(moving, moving_affine, template, nonlinear, affine_iters, syn_iter
     areg = AffineRegistration(metric=metric, level_iters=iters, sigmas=sigmas,
                               factors=factors, verbosity=0)
     current = transform_centers_of_mass(static, static_affine, moving, moving_affine).affine
-    for transform in (TranslationTransform3D(), RigidTransform3D(), AffineTransform3D()):
+    stages = {"translation": TranslationTransform3D(), "rigid": RigidTransform3D()}
+    if not rigid_only:
+        stages["affine"] = AffineTransform3D()
+    for transform in stages.values():
         amap = areg.optimize(static, moving, transform, None,
                              static_grid2world=static_affine, moving_grid2world=moving_affine,
                              starting_affine=current)
         current = amap.affine
     info["Steps"].append({
-        "Name": "affine", "Implementation": "dipy.align.imaffine.AffineRegistration",
+        "Name": "rigid" if rigid_only else "affine",
+        "Implementation": "dipy.align.imaffine.AffineRegistration",
         "Metric": "MutualInformationMetric (Mattes, 32 bins, all voxels)",
-        "Sequence": ["centres of mass", "translation", "rigid", "affine"],
+        "Sequence": ["centres of mass", *stages],
         "LevelIters": iters, "Factors": factors, "Sigmas": sigmas,
         "Seconds": round(time.perf_counter() - started, 3)})
     info["AffineTemplateToRun"] = np.asarray(current).tolist()
@@ -400,7 +404,6 @@ def _register(moving, moving_affine, template, nonlinear, affine_iters, syn_iter
         from dipy.align.imwarp import SymmetricDiffeomorphicRegistration
         from dipy.align.metrics import CCMetric
 
-        say("SyN")
         t0 = time.perf_counter()
         radius = int(cc_radius) if cc_radius is not None else (
             4 if min(static.shape) >= 32 else 2)
@@ -420,132 +423,33 @@ def _register(moving, moving_affine, template, nonlinear, affine_iters, syn_iter
                         tuple(int(n) for n in moving.shape), moving_affine, info)
 
 
-def _cache_key(bold_path: Path, template: Template, nonlinear: bool) -> dict:
-    stat = bold_path.stat()
-    tpl = template.as_dict()
-    return {"Source": str(bold_path.resolve()), "SourceBytes": int(stat.st_size),
-            "SourceMtimeNs": int(stat.st_mtime_ns),
-            "Template": {k: tpl[k] for k in ("Space", "Source", "ResolutionMM", "Shape")},
-            "Nonlinear": bool(nonlinear)}
-
-
-def registration_paths(func_dir, prefix: str, space: str) -> tuple[Path, Path]:
-    """Cached transform (``.npz``, sidecar ``.json`` beside it) and warped mean EPI of a run."""
-    func_dir = Path(func_dir)
-    return (func_dir / f"{prefix}_from-boldref_to-{space}_mode-image_xfm.npz",
-            func_dir / f"{prefix}_space-{space}_desc-mean_boldref.nii.gz")
-
-
-def normalise_run(pre: dict, bold_path, template: Template, func_dir, prefix: str, *,
-                  nonlinear: bool = True, overwrite: bool = False) -> tuple[dict, dict]:
-    """Bring a preprocessed run to the template grid, registering its mean EPI (cached).
+def through_rigid(anat: Registration, rigid: Registration) -> Registration:
+    """Template -> run registration through an anatomical image.
 
     Parameters
     ----------
-    pre : dict
-        :func:`rtfb.offline.subject.preprocess_run` output on the run's grid (``data``
-        (n_voxels, n_volumes) of the voxels of ``mask``, ``mask``, ``affine``, ...).
-    bold_path : path-like
-        The run (its temporal mean is registered).
-    template : Template
-        Target.
-    func_dir : path-like
-        Folder of the run's derivatives: the transform and the warped mean EPI go there.
-    prefix : str
-        The run's file prefix (``sub-01_task-rest``).
-    nonlinear : bool
-        Affine + SyN (True) or affine only.
-    overwrite : bool
-        Register again even when a transform of the same run, template and method exists.
+    anat : Registration
+        The anatomical image (T1) registered to the template.
+    rigid : Registration
+        The run's image registered rigidly to that anatomical image
+        (``register(mean, affine, Template of the T1, rigid_only=True)``).
 
     Returns
     -------
-    pre : dict
-        The same keys with ``data``, ``mask``, ``affine`` on the template grid; the mask is
-        the run's brain mask warped (linear, > 0.5).
-    space : dict
-        For the sidecars: the template, the transform file, steps, seconds, whether the
-        transform was reused, and the Dice of the warped brain mask with the template's.
+    Registration
+        ``anat``'s transform applied to images on ``rigid``'s moving grid: that grid's
+        voxel-to-world affine becomes ``inv(R) @ A`` (run voxels to T1 world, ``R`` the
+        rigid T1 -> run world map), so every warp samples the run at ``A^-1 R y`` where
+        ``y`` is the T1 point matched to the template point. ``affine`` stays ``anat``'s
+        (template world -> T1 world, the frame of the new ``moving_affine``);
+        ``info["AffineTemplateToRun"]`` is ``R @ anat.affine``.
     """
-    import nibabel as nib
-
-    bold_path = Path(bold_path)
-    xfm_path, ref_path = registration_paths(func_dir, prefix, template.space)
-    key = _cache_key(bold_path, template, nonlinear)
-    reg = None
-    if not overwrite and xfm_path.is_file():
-        try:
-            cached = load_registration(xfm_path)
-        except (OSError, ValueError, KeyError):
-            cached = None
-        if cached is not None and cached.info.get("Key") == key:
-            reg = cached
-    reused = reg is not None
-    mean, mean_affine = mean_epi(bold_path)
-    if reg is None:
-        reg = register(mean, mean_affine, template, nonlinear=nonlinear)
-        reg.info["Key"] = key
-        reg.info["MaskDice"] = round(warped_dice(reg, pre["mask"], template.mask), 4)
-        reg.save(xfm_path)
-        img = nib.Nifti1Image(reg.warp(mean).astype(np.float32), template.affine)
-        img.set_sform(template.affine, code=4 if template.source == "mni" else 2)
-        img.set_qform(template.affine, code=4 if template.source == "mni" else 2)
-        tmp = ref_path.with_name(f".tmp-{ref_path.name}")
-        nib.save(img, tmp)
-        tmp.replace(ref_path)
-    mask = reg.warp(np.asarray(pre["mask"], float)) > 0.5
-    data = reg.warp_series(pre["data"], pre["mask"], mask)
-    out = dict(pre, data=data, mask=mask, affine=np.asarray(template.affine, dtype=float))
-    space = {
-        "Name": template.space, "Template": template.description,
-        "TemplateResolutionMM": template.resolution,
-        "Transform": xfm_path.name, "MeanEPI": ref_path.name,
-        "Registered": "temporal mean of the run (mean EPI)",
-        "Method": [step["Name"] for step in reg.info.get("Steps", [])],
-        "Steps": reg.info.get("Steps", []),
-        "RegistrationSeconds": reg.info.get("Seconds"),
-        "Reused": reused,
-        "MaskDice": reg.info.get("MaskDice"),
-        "Resampling": "trilinear, cleaned series warped to the template grid before the "
-                      "metrics; brain mask warped (> 0.5)",
-    }
-    return out, space
-
-
-def registration_summary(results: dict) -> str | None:
-    """One line on the runs' normalisation: template, method, seconds, mask Dice, reuse.
-
-    Parameters
-    ----------
-    results : dict
-        :func:`analyze`'s ``{prefix: {key: path}}``; runs with an ``xfm`` transform count.
-
-    Returns
-    -------
-    str | None
-        None when no run was normalised.
-    """
-    infos = {}
-    for prefix, paths in results.items():
-        xfm = paths.get("xfm")
-        if xfm is None:
-            continue
-        try:
-            infos[prefix] = json.loads(Path(xfm).with_suffix(".json").read_text())
-        except (OSError, ValueError):
-            continue
-    if not infos:
-        return None
-    first = next(iter(infos.values()))
-    steps = " + ".join(step["Name"] for step in first.get("Steps", []))
-    seconds = [i["Seconds"] for i in infos.values() if i.get("Seconds") is not None]
-    dice = {k: i["MaskDice"] for k, i in infos.items() if i.get("MaskDice") is not None}
-    text = (f"normalised {len(infos)} runs to {first['Template']['Description']} (dipy "
-            f"{steps}; transforms cached as DERIV/rtfb/sub-*/**/*_xfm.npz + .json)")
-    if seconds:
-        text += f"; registration {np.median(seconds):.1f} s per run (median)"
-    if dice:
-        worst = min(dice, key=dice.get)
-        text += (f"; brain-mask Dice with the template's mask: median "
-                 f"{np.median(list(dice.values())):.2f}, lowest {dice[worst]:.2f} ({worst})")
-    return text
+    moving_affine = np.linalg.inv(rigid.affine) @ rigid.moving_affine
+    info = dict(anat.info, Steps=[dict(step, Name=f"{step['Name']} (T1w to template)")
+                                  for step in anat.info.get("Steps", [])]
+                + [dict(step, Name="rigid (mean EPI to T1w)")
+                   for step in rigid.info.get("Steps", [])],
+                Seconds=round(anat.info.get("Seconds", 0) + rigid.info.get("Seconds", 0), 3),
+                AffineTemplateToRun=(rigid.affine @ anat.affine).tolist())
+    return Registration(anat.affine, anat.mapping, anat.template_shape,
+                        anat.template_affine, rigid.moving_shape, moving_affine, info)

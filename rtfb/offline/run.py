@@ -344,7 +344,7 @@ def analyze_command(args: argparse.Namespace) -> int:
         return 2
     if normalise:
         options.update(normalise=args.normalise, template_resolution=args.template_resolution,
-                       registration=args.registration)
+                       registration=args.registration, normalise_from=args.normalise_from)
         try:
             from .normalise import load_template
 
@@ -360,6 +360,17 @@ def analyze_command(args: argparse.Namespace) -> int:
     except (BIDSError, ValueError) as err:
         print(f"rtfb analyze: error: {err}")
         return 2
+    if normalise and args.normalise_from == "t1w":
+        from .template_space import find_t1w
+
+        missing = [run.prefix for run in dataset.runs if find_t1w(run.path) is None]
+        if missing:
+            print(f"rtfb analyze: error: --normalise-from t1w: no sub-XX/[ses-YY/]anat/"
+                  f"*_T1w.nii[.gz] for {', '.join(missing)}")
+            return 2
+    elif args.normalise_from != "epi" and not normalise:
+        print("rtfb analyze: error: --normalise-from applies with --normalise only")
+        return 2
     try:
         spec = _design_spec(args, dataset)
     except ValueError as err:
@@ -370,9 +381,12 @@ def analyze_command(args: argparse.Namespace) -> int:
     if spec is not None:
         print(f"model: {spec.describe()}")
     if normalise:
-        print(f"normalisation: each run's mean EPI -> {template.description} "
+        what = ("each subject's T1w -> " if args.normalise_from == "t1w" else
+                "each run's mean EPI -> ")
+        print(f"normalisation: {what}{template.description} "
               f"(dipy: affine by mutual information"
               + (", then SyN by cross-correlation" if args.registration == "syn" else "")
+              + ("; mean EPI rigidly to the T1w" if args.normalise_from == "t1w" else "")
               + f"); maps on its {'x'.join(map(str, template.shape))} grid")
     try:
         results = analyze(dataset, args.out, config=config, scheduler=args.scheduler,
@@ -387,7 +401,7 @@ def analyze_command(args: argparse.Namespace) -> int:
     print(f"{len(results)} runs -> {Path(args.out) / PIPELINE_NAME}")
     normalise_note = None
     if normalise:
-        from .normalise import registration_summary
+        from .template_space import registration_summary
 
         normalise_note = registration_summary(results)
     if normalise_note:
@@ -549,6 +563,11 @@ def add_analyze_parser(sub) -> None:
                    help="voxel size of the MNI template grid in mm (default 4)")
     p.add_argument("--registration", choices=("syn", "affine"), default="syn",
                    help="with --normalise: affine then nonlinear SyN (default) or affine only")
+    p.add_argument("--normalise-from", "--normalize-from", choices=("epi", "t1w"),
+                   default="epi",
+                   help="with --normalise: register each run's mean EPI to the template "
+                        "(default), or the subject's T1w (sub-XX/[ses-YY/]anat/*_T1w.nii.gz) "
+                        "to the template and the mean EPI rigidly to its T1w")
     p.add_argument("--scheduler", metavar="ADDRESS",
                    help="Dask scheduler address (tcp://host:port), or 'synchronous'; "
                         "default: a local cluster of worker processes")

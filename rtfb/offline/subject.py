@@ -102,6 +102,10 @@ class AnalysisConfig:
         Voxel size (mm) of the MNI template grid.
     registration : {"syn", "affine"}
         Affine then SyN (nonlinear), or affine only.
+    normalise_from : {"epi", "t1w"}
+        Register the mean EPI to the template, or the subject's T1w
+        (``sub-XX/[ses-YY/]anat/*_T1w.nii.gz``) to the template and the mean EPI rigidly
+        to the T1w (:mod:`rtfb.offline.template_space`).
     """
 
     band: tuple[float, float] = (0.01, 0.08)
@@ -125,10 +129,12 @@ class AnalysisConfig:
     normalise: str = ""
     template_resolution: int = 4
     registration: str = "syn"
+    normalise_from: str = "epi"
 
     def __post_init__(self):
         _check_option("pipeline", self.pipeline, PIPELINES)
         _check_option("registration", self.registration, ("syn", "affine"))
+        _check_option("normalise_from", self.normalise_from, ("epi", "t1w"))
         if self.normalise and self.input == "fmriprep":
             raise ValueError("normalise applies to raw BIDS runs, not to fMRIPrep input "
                              "(already in MNI152NLin2009cAsym space).")
@@ -354,11 +360,18 @@ def process_subject(bold_path, tr: float, out_dir, config: AnalysisConfig | None
     space = None
     stem = prefix
     if config.normalise:
-        from .normalise import load_template, normalise_run
+        from .normalise import load_template
+        from .template_space import find_t1w, normalise_run
 
         template = load_template(config.normalise, config.template_resolution)
+        t1w = None
+        if config.normalise_from == "t1w":
+            t1w = find_t1w(bold_path)
+            if t1w is None:
+                raise ValueError(f"{bold_path}: no T1w image in the subject's anat folder "
+                                 "(normalise_from='t1w').")
         pre, space = normalise_run(pre, bold_path, template, func_dir, prefix,
-                                   nonlinear=config.registration == "syn",
+                                   nonlinear=config.registration == "syn", t1w=t1w,
                                    overwrite=overwrite)
         stem = f"{prefix}_space-{template.space}"
     data, mask, affine = pre["data"], pre["mask"], pre["affine"]
@@ -471,7 +484,7 @@ def process_subject(bold_path, tr: float, out_dir, config: AnalysisConfig | None
     _atomic(sub_dir / rel, lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
     outputs["confounds"] = rel
     if space is not None:
-        from .normalise import registration_paths
+        from .template_space import registration_paths
 
         for key, path in zip(("xfm", "boldref"),
                              registration_paths(func_dir, prefix, space["Name"]), strict=True):
