@@ -338,6 +338,9 @@ def analyze_command(args: argparse.Namespace) -> int:
         print("rtfb analyze: error: --normalise applies to --input bids only (fMRIPrep's "
               "runs are already in MNI152NLin2009cAsym space)")
         return 2
+    if args.normalise_from != "epi" and not normalise:
+        print("rtfb analyze: error: --normalise-from applies with --normalise only")
+        return 2
     if args.template_resolution < 1:
         print(f"rtfb analyze: error: --template-resolution must be >= 1 mm, got "
               f"{args.template_resolution}")
@@ -368,9 +371,6 @@ def analyze_command(args: argparse.Namespace) -> int:
             print(f"rtfb analyze: error: --normalise-from t1w: no sub-XX/[ses-YY/]anat/"
                   f"*_T1w.nii[.gz] for {', '.join(missing)}")
             return 2
-    elif args.normalise_from != "epi" and not normalise:
-        print("rtfb analyze: error: --normalise-from applies with --normalise only")
-        return 2
     try:
         spec = _design_spec(args, dataset)
     except ValueError as err:

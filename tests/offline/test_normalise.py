@@ -289,3 +289,18 @@ def test_analyze_normalised_recovers_planted_effect(varied, tmp_path):
     sidecar = json.loads(paths["ALFF"].with_name(
         paths["ALFF"].name.replace(".nii.gz", ".json")).read_text())
     assert sidecar["Band"] == [0.01, 0.1] and sidecar["SpatialNormalisation"]["Reused"]
+
+
+def test_cli_input_errors(varied, tmp_path, capsys):
+    bids, _ = varied
+    template = str(bids / "derivatives" / "truth" / "template.nii.gz")
+    code, text = _analyze(bids, tmp_path / "d", "--normalise", template,
+                          "--normalise-from", "t1w")
+    assert code == 2 and "--normalise-from t1w: no sub-XX/[ses-YY/]anat/" in text
+    assert "sub-01_task-rest, sub-02_task-rest" in text
+    code, text = _analyze(bids, tmp_path / "d", "--normalise-from", "t1w")
+    assert code == 2 and "applies with --normalise only" in text
+    with pytest.raises(SystemExit) as err:
+        _analyze(bids, tmp_path / "d", "--normalise", str(tmp_path / "nope.nii.gz"))
+    assert err.value.code == 2 and "nope.nii.gz" in capsys.readouterr().err
+    assert not (tmp_path / "d" / "rtfb").exists()
