@@ -399,13 +399,15 @@ def analyze_command(args: argparse.Namespace) -> int:
         print(f"rtfb analyze: {err}")
         return 1
     print(f"{len(results)} runs -> {Path(args.out) / PIPELINE_NAME}")
-    normalise_note = None
+    normalise_note, normalise_warnings = None, []
     if normalise:
         from .template_space import registration_summary
 
-        normalise_note = registration_summary(results)
+        normalise_note, normalise_warnings = registration_summary(results)
     if normalise_note:
         print(normalise_note)
+    for warning in normalise_warnings:
+        print(f"warning: {warning}")
     if args.no_group:
         return 0
     from .group import group_analysis
@@ -438,7 +440,7 @@ def analyze_command(args: argparse.Namespace) -> int:
         except (ValueError, FileNotFoundError) as err:
             print(f"rtfb analyze: group analysis: {err}")
             return 2
-        group.warnings[:0] = list(dataset.warnings)
+        group.warnings[:0] = list(dataset.warnings) + normalise_warnings
         if normalise_note:
             group.notes.append(normalise_note)
         if atlas_note:
@@ -467,7 +469,7 @@ def analyze_command(args: argparse.Namespace) -> int:
     for note in group.notes:
         if note != normalise_note:  # printed after the subjects' maps
             print(f"note: {note}")
-    for warning in group.warnings[len(dataset.warnings):]:
+    for warning in group.warnings[len(dataset.warnings) + len(normalise_warnings):]:
         print(f"warning: {warning}")
     n_sig = sum(len(c.clusters) for c in group.contrasts.values())
     extra = []

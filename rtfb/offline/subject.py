@@ -316,8 +316,11 @@ def process_subject(bold_path, tr: float, out_dir, config: AnalysisConfig | None
     Returns
     -------
     dict of str to pathlib.Path
-        Written files by key (``ALFF``, ..., ``mask``, ``confounds``, ``done``); the
-        ``done`` marker also records whether the run was ``skipped``.
+        Written files by key (``ALFF``, ..., ``mask``, ``confounds``, ``done``; with
+        ``config.normalise`` also ``xfm``, the cached transform, and ``boldref``, the warped
+        mean EPI); the ``done`` marker also records whether the run was ``skipped``. Files
+        of an earlier run that this one does not rewrite (e.g. maps in another space) are
+        removed.
     """
     config = AnalysisConfig() if config is None else config
     bold_path = Path(bold_path)

@@ -29,7 +29,8 @@ from .normalise import (
     warped_dice,
 )
 
-__all__ = ["find_t1w", "normalise_run", "registration_paths", "registration_summary"]
+__all__ = ["DICE_WARNING", "find_t1w", "normalise_run", "registration_paths",
+           "registration_summary"]
 
 _T1_GLOBS = ("anat/*_T1w.nii.gz", "anat/*_T1w.nii")
 
@@ -189,18 +190,27 @@ def normalise_run(pre: dict, bold_path, template: Template, func_dir, prefix: st
     return out, space
 
 
-def registration_summary(results: dict) -> str | None:
-    """One line on the runs' normalisation: template, method, seconds, mask Dice, reuse.
+#: Warped brain masks overlapping the template's less than this are reported.
+DICE_WARNING = 0.75
+
+
+def registration_summary(results: dict) -> tuple[str | None, list[str]]:
+    """The runs' normalisation in one line, and warnings on doubtful registrations.
 
     Parameters
     ----------
     results : dict
-        :func:`analyze`'s ``{prefix: {key: path}}``; runs with an ``xfm`` transform count.
+        :func:`rtfb.offline.run.analyze`'s ``{prefix: {key: path}}``; runs with an ``xfm``
+        transform count.
 
     Returns
     -------
-    str | None
-        None when no run was normalised.
+    note : str | None
+        Template, method, median seconds, median and lowest mask Dice (None when no run was
+        normalised).
+    warnings : list of str
+        One per run whose warped brain mask overlaps the template's mask with a Dice below
+        :data:`DICE_WARNING`, naming the warped mean EPI to look at.
     """
     infos = {}
     for prefix, paths in results.items():
@@ -208,21 +218,28 @@ def registration_summary(results: dict) -> str | None:
         if xfm is None:
             continue
         try:
-            infos[prefix] = json.loads(Path(xfm).with_suffix(".json").read_text())
+            infos[prefix] = (json.loads(Path(xfm).with_suffix(".json").read_text()),
+                             paths.get("boldref"))
         except (OSError, ValueError):
             continue
     if not infos:
-        return None
-    first = next(iter(infos.values()))
+        return None, []
+    first = next(iter(infos.values()))[0]
     steps = " + ".join(step["Name"] for step in first.get("Steps", []))
-    seconds = [i["Seconds"] for i in infos.values() if i.get("Seconds") is not None]
-    dice = {k: i["MaskDice"] for k, i in infos.items() if i.get("MaskDice") is not None}
+    seconds = [i["Seconds"] for i, _ in infos.values() if i.get("Seconds") is not None]
+    dice = {k: i["MaskDice"] for k, (i, _) in infos.items() if i.get("MaskDice") is not None}
     text = (f"normalised {len(infos)} runs to {first['Template']['Description']} (dipy "
             f"{steps}; transforms cached as DERIV/rtfb/sub-*/**/*_xfm.npz + .json)")
     if seconds:
         text += f"; registration {np.median(seconds):.1f} s per run (median)"
+    warnings = []
     if dice:
         worst = min(dice, key=dice.get)
         text += (f"; brain-mask Dice with the template's mask: median "
                  f"{np.median(list(dice.values())):.2f}, lowest {dice[worst]:.2f} ({worst})")
-    return text
+        for prefix, value in sorted(dice.items()):
+            if value < DICE_WARNING:
+                warnings.append(f"{prefix}: registration to the template doubtful (brain-mask "
+                                f"Dice {value:.2f} < {DICE_WARNING}); check "
+                                f"{infos[prefix][1]}")
+    return text, warnings

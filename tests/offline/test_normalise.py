@@ -202,6 +202,25 @@ def test_t1w_route_composes_known_transforms(template, tmp_path):
     assert np.median(error_mm) < 0.4 * RES  # with SyN: measured 2.1 mm
 
 
+def test_registration_summary_flags_low_dice(tmp_path):
+    from rtfb.offline.template_space import DICE_WARNING, registration_summary
+
+    results = {}
+    for i, dice in enumerate((0.9, DICE_WARNING - 0.1, 0.88)):
+        xfm = tmp_path / f"sub-0{i}_xfm.npz"
+        xfm.with_suffix(".json").write_text(json.dumps({
+            "Template": {"Description": "TPL"}, "Steps": [{"Name": "affine"}, {"Name": "SyN"}],
+            "Seconds": 2.0 + i, "MaskDice": dice}))
+        results[f"sub-0{i}_task-rest"] = {"xfm": xfm, "boldref": tmp_path / f"ref{i}.nii.gz"}
+    results["sub-09_task-rest"] = {"ALFF": tmp_path / "x"}  # not normalised: ignored
+    note, warnings = registration_summary(results)
+    assert note.startswith("normalised 3 runs to TPL (dipy affine + SyN")
+    assert "3.0 s per run (median)" in note and "lowest 0.65 (sub-01_task-rest)" in note
+    assert warnings == [f"sub-01_task-rest: registration to the template doubtful (brain-mask "
+                        f"Dice 0.65 < {DICE_WARNING}); check {tmp_path / 'ref1.nii.gz'}"]
+    assert registration_summary({"sub-09": {"ALFF": tmp_path / "x"}}) == (None, [])
+
+
 # --------------------------------------------------------------------------- end to end
 
 
@@ -248,6 +267,7 @@ def test_analyze_normalised_recovers_planted_effect(varied, tmp_path):
     code, text = _analyze(bids, out, "--normalise", str(truth_dir / "template.nii.gz"))
     assert code == 0, text
     assert "normalised 16 runs to template image" in text
+    assert "doubtful" not in text
     roi_img = nib.load(truth_dir / "roi-left_insula.nii.gz")
     roi = np.asarray(roi_img.dataobj) > 0
     t_img = nib.load(out / "group" / "alff_patVsCon_t.nii.gz")
