@@ -495,10 +495,13 @@ def process_subject(bold_path, tr: float, out_dir, config: AnalysisConfig | None
     if previous is not None:  # remove what this run replaces (e.g. maps of another space)
         for rel in set(previous.get("outputs", {}).values()) - set(outputs.values()):
             stale = sub_dir / rel
-            if stale.is_file() and stale.resolve().is_relative_to(sub_dir.resolve()):
-                stale.unlink()
-                if stale.name.endswith("_xfm.npz") and stale.with_suffix(".json").is_file():
-                    stale.with_suffix(".json").unlink()
+            if not stale.resolve().is_relative_to(sub_dir.resolve()):
+                continue
+            sidecar = stale.with_name(re.sub(r"(\.nii\.gz|\.nii|\.tsv|\.npz)$", ".json",
+                                             stale.name))
+            for path in {stale, sidecar}:
+                if path.is_file():
+                    path.unlink()
     _save_json(marker, {"subject": subject, "source": str(bold_path), "config": config_dict,
                         "outputs": outputs, "skipped": skipped, "rtfb_version": __version__})
     paths = {k: sub_dir / rel for k, rel in outputs.items()}

@@ -172,6 +172,9 @@ def normalise_run(pre: dict, bold_path, template: Template, func_dir, prefix: st
         nib.save(img, tmp)
         tmp.replace(ref_path)
     mask = reg.warp(np.asarray(pre["mask"], float)) > 0.5
+    if not mask.any():
+        raise ValueError(f"{bold_path}: the brain mask warped to the template grid is empty "
+                         f"(registration failed? see {ref_path}).")
     data = reg.warp_series(pre["data"], pre["mask"], mask)
     out = dict(pre, data=data, mask=mask, affine=np.asarray(template.affine, dtype=float))
     space = {

@@ -324,3 +324,25 @@ def test_cli_input_errors(varied, tmp_path, capsys):
         _analyze(bids, tmp_path / "d", "--normalise", str(tmp_path / "nope.nii.gz"))
     assert err.value.code == 2 and "nope.nii.gz" in capsys.readouterr().err
     assert not (tmp_path / "d" / "rtfb").exists()
+
+
+def test_rerun_in_another_space_removes_the_old_maps(varied, tmp_path):
+    import shutil
+
+    from rtfb.offline.subject import AnalysisConfig, process_subject
+
+    bids, _ = varied
+    other = tmp_path / "other.nii.gz"
+    shutil.copy(bids / "derivatives" / "truth" / "template.nii.gz", other)
+    bold = bids / "sub-02" / "func" / "sub-02_task-rest_bold.nii.gz"
+    func = tmp_path / "d" / "rtfb" / "sub-02" / "func"
+    first = process_subject(bold, 2.0, tmp_path / "d", AnalysisConfig(
+        normalise=str(bids / "derivatives" / "truth" / "template.nii.gz"),
+        registration="affine", atlas=""))
+    assert first["ALFF"].name == "sub-02_task-rest_space-template_desc-ALFF_map.nii.gz"
+    second = process_subject(bold, 2.0, tmp_path / "d", AnalysisConfig(
+        normalise=str(other), registration="affine", atlas=""))
+    names = {p.name for p in func.iterdir()}
+    assert second["ALFF"].name in names and second["xfm"].name in names
+    assert not [n for n in names if "space-template" in n or "to-template" in n]
+    assert len([n for n in names if n.endswith("_desc-ALFF_map.nii.gz")]) == 1
