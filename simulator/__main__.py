@@ -148,6 +148,9 @@ def _run_cohort(parser, args) -> int:
         print(f"  {pid}  {subj['group']:7s}  VAS {subj['vas']:4.1f}  "
               f"planted amplitude {subj['alff_amplitude']:6.2f}")
     print(f"  ground truth: {args.out}/derivatives/truth/truth.json")
+    if args.varied_grids:
+        print(f"  each run on its own grid and head pose: rtfb analyze {args.out} --normalise "
+              f"{args.out}/derivatives/truth/template.nii.gz ...")
     return 0
 
 
