@@ -81,6 +81,9 @@ def _build_parser() -> argparse.ArgumentParser:
                              "RAS/LAS) and head pose; truth and template.nii.gz stay on the "
                              "common grid (rtfb analyze --normalise "
                              "OUT/derivatives/truth/template.nii.gz)")
+    cohort.add_argument("--t1w", action="store_true",
+                        help="with --varied-grids: a T1w-like image per subject "
+                             "(sub-XX/anat/sub-XX_T1w.nii.gz, opposite contrast, own pose)")
 
     st = sub.add_parser(
         "stream", help="play a run in real time to a folder or a TCP receiver",
@@ -137,7 +140,7 @@ def _run_cohort(parser, args) -> int:
                              tr=args.tr, slope=args.slope, sessions=args.sessions,
                              treatment_effect=args.treatment_effect,
                              treatment_vas=args.treatment_vas,
-                             varied_grids=args.varied_grids)
+                             varied_grids=args.varied_grids, t1w=args.t1w)
     except ValueError as err:
         parser.exit(2, f"error: {err}\n")
     effect = "no effect (null)" if args.null else f"ALFF slope {args.slope:g} per VAS point"

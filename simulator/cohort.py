@@ -51,7 +51,8 @@ per axis, translation up to 4 mm) drawn per run. Every subject also carries a sh
 anatomy (a smooth pattern of +-30 % of the baseline, constant in time, so no metric sees
 it) for registration to lock onto. The truth (mask, ROIs, atlas) stays on the common grid,
 with ``derivatives/truth/template.nii.gz`` (the expected anatomy, the registration target)
-and each run's grid and pose in ``truth.json`` (``grid``).
+and each run's grid and pose in ``truth.json`` (``grid``); ``t1w=True`` adds a T1w-like
+image per subject (``sub-XX/anat/sub-XX_T1w.nii.gz``, opposite contrast, own pose).
 
 Subjects are numbered patients first (``sub-01`` .. ``sub-<N>``), then controls. Nothing
 here imports ``rtfb``.
@@ -68,7 +69,15 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from .grids import ANATOMY_CONTRAST, anatomy_field, resample_run, subject_geometry
+from .grids import (
+    ANATOMY_CONTRAST,
+    T1W_VOXEL,
+    anatomy_field,
+    resample_run,
+    subject_geometry,
+    t1w_image,
+    t1w_template,
+)
 from .synthetic import make_subject
 
 __all__ = ["CohortSubject", "make_atlas", "make_cohort_plan", "write_cohort"]
@@ -246,6 +255,7 @@ def write_cohort(
     treatment_effect: float = 0.0,
     treatment_vas: float = 0.0,
     varied_grids: bool = False,
+    t1w: bool = False,
     **subject_kwargs,
 ) -> dict:
     """Write a synthetic BIDS cohort with a planted left-insula ALFF effect.
@@ -271,6 +281,12 @@ def write_cohort(
     varied_grids : bool
         Write each subject on its own grid, axis order and head pose (see the module
         docstring); the truth stays on the common grid.
+    t1w : bool
+        With ``varied_grids``: also a T1w-like image per subject,
+        ``sub-XX/anat/sub-XX_T1w.nii.gz`` (the anatomy with the opposite contrast, 2 mm
+        RAS grid, its own head pose; :func:`simulator.grids.t1w_image`), its grid and pose
+        in ``truth.json`` (``t1w``), and ``derivatives/truth/template_T1w.nii.gz``, the
+        template with that contrast (``rtfb analyze --normalise-from t1w``'s target).
     **subject_kwargs
         Further keyword arguments of :func:`simulator.synthetic.make_subject` (e.g.
         ``noise_sigma``); ``alff_amplitude``, ``baseline``, ``seed`` are set per subject;
@@ -284,6 +300,8 @@ def write_cohort(
     forbidden = {"alff_amplitude", "seed", "shape", "n_volumes", "tr"} & set(subject_kwargs)
     if forbidden:
         raise ValueError(f"{sorted(forbidden)} are set by write_cohort, not per subject.")
+    if t1w and not varied_grids:
+        raise ValueError("t1w=True needs varied_grids=True (the T1w images' anatomy).")
     mean_baseline = float(subject_kwargs.pop("baseline", 1000.0))
     subject_kwargs.setdefault("fc_correlation", _NETWORK_CORRELATION)
     plan = make_cohort_plan(n_patients, n_controls, seed=seed, null=null,
@@ -382,6 +400,19 @@ def write_cohort(
                     entry["sessions"][f"ses-{ses}"]["grid"] = geometry
                 ses_rows.append((f"ses-{ses}", vas))
             del subject
+        if t1w:
+            geometry = subject_geometry(index, int(np.random.SeedSequence([s.seed, 0x71])
+                                                   .generate_state(1)[0]),
+                                        shared.mask.shape, zooms,
+                                        grid=((T1W_VOXEL,) * 3, "RAS"))
+            template = mean_baseline * soft * (1.0 + ANATOMY_CONTRAST * anatomy)
+            anat = root / s.participant_id / "anat"
+            anat.mkdir(parents=True, exist_ok=True)
+            image = t1w_image(template, shared.mask, shared.affine, geometry)
+            _save_nifti(image, np.asarray(geometry["affine"]),
+                        anat / f"{s.participant_id}_T1w.nii.gz", np.float32)
+            entry["t1w"] = {"image": f"{s.participant_id}/anat/{s.participant_id}_T1w.nii.gz",
+                            "grid": geometry}
         if ses_rows:
             with open(root / s.participant_id / f"{s.participant_id}_sessions.tsv", "w",
                       newline="") as fh:
@@ -391,11 +422,15 @@ def write_cohort(
         subjects_truth[s.participant_id] = entry
 
     _save_nifti(shared.mask, shared.affine, truth_dir / "mask.nii.gz", np.uint8)
+    for name in ("template.nii.gz", "template_T1w.nii.gz"):
+        if (truth_dir / name).exists():
+            (truth_dir / name).unlink()
     if varied_grids:
         template = mean_baseline * soft * (1.0 + ANATOMY_CONTRAST * anatomy)
         _save_nifti(template, shared.affine, truth_dir / "template.nii.gz", np.float32)
-    elif (truth_dir / "template.nii.gz").exists():
-        (truth_dir / "template.nii.gz").unlink()
+    if t1w:
+        _save_nifti(t1w_template(template, shared.mask), shared.affine,
+                    truth_dir / "template_T1w.nii.gz", np.float32)
     for name, roi in shared.rois.items():
         _save_nifti(roi, shared.affine, truth_dir / f"roi-{name}.nii.gz", np.uint8)
     network = shared.rois["seed"] | shared.rois["target"]
@@ -425,6 +460,7 @@ def write_cohort(
         "affine": shared.affine.tolist(),
         "grids": "varied" if varied_grids else "shared",
         "template": "template.nii.gz" if varied_grids else None,
+        "template_t1w": "template_T1w.nii.gz" if t1w else None,
         "space": "the truth (mask, ROIs, atlas, template) is on the common grid 'affine'; "
                  + ("each run's grid and head pose: subjects[...]['grid'] (simulator.grids)"
                     if varied_grids else "every run is on that grid"),

@@ -13,7 +13,9 @@ and :func:`resample_run` writes the run on that grid:
 The run's voxel ``v`` holds the common-space image at ``P^-1 A v`` (``A`` the subject grid's
 affine), by cubic-spline interpolation, 0 outside the common grid. The shared anatomy
 (:func:`anatomy_field`), identical in every subject, is what a registration can lock onto;
-each subject's own texture stays on top of it. Nothing here imports ``rtfb``.
+each subject's own texture stays on top of it. :func:`t1w_image` makes a subject's T1w-like
+image: the same anatomy with the opposite contrast on a finer grid, in its own head pose.
+Nothing here imports ``rtfb``.
 """
 
 from __future__ import annotations
@@ -21,13 +23,15 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["GRID_CHOICES", "anatomy_field", "resample_run", "subject_geometry"]
+__all__ = ["GRID_CHOICES", "T1W_VOXEL", "anatomy_field", "resample_run", "subject_geometry",
+           "t1w_image", "t1w_template"]
 
 #: (voxel size in mm, first axis direction) of the subject grids, cycled over subjects.
 GRID_CHOICES = (((3.0, 3.0, 3.0), "RAS"), ((2.5, 2.5, 3.0), "LAS"),
                 ((3.5, 3.5, 3.5), "RAS"), ((3.0, 3.0, 3.5), "LAS"))
 _FOV_MARGIN = 1.2  # field of view / common grid extent (room for the head's rotation)
 ANATOMY_CONTRAST = 0.3  # relative amplitude of the shared anatomy
+T1W_VOXEL = 2.0  # mm, the T1w images' isotropic voxel size
 
 
 def anatomy_field(shape, seed: int, sigma: float = 1.2) -> np.ndarray:
@@ -46,7 +50,8 @@ def _rotation(degrees) -> np.ndarray:
 
 
 def subject_geometry(index: int, seed: int, common_shape, common_zooms, *,
-                     max_rotation: float = 6.0, max_translation: float = 4.0) -> dict:
+                     max_rotation: float = 6.0, max_translation: float = 4.0,
+                     grid: tuple | None = None) -> dict:
     """Grid and head pose of one subject.
 
     Parameters
@@ -59,6 +64,8 @@ def subject_geometry(index: int, seed: int, common_shape, common_zooms, *,
         The common grid (its world origin at the grid centre).
     max_rotation, max_translation : float
         Bounds of the pose (degrees per axis, mm per axis).
+    grid : tuple | None
+        ``(voxel size, orientation)`` instead of ``GRID_CHOICES[index % 4]``.
 
     Returns
     -------
@@ -67,7 +74,7 @@ def subject_geometry(index: int, seed: int, common_shape, common_zooms, *,
         ``"LAS"``), ``voxel_size``, ``rotation_deg``, ``translation_mm``, ``pose`` (4x4:
         common mm -> scanner mm) and ``to_common`` (its inverse); JSON-friendly lists.
     """
-    zooms, orientation = GRID_CHOICES[int(index) % len(GRID_CHOICES)]
+    zooms, orientation = grid or GRID_CHOICES[int(index) % len(GRID_CHOICES)]
     zooms = np.asarray(zooms, dtype=float)
     extent = np.asarray(common_shape, dtype=float) * np.asarray(common_zooms, dtype=float)
     shape = np.ceil(extent * _FOV_MARGIN / zooms).astype(int)
@@ -104,3 +111,22 @@ def resample_run(data: np.ndarray, common_affine: np.ndarray, geometry: dict) ->
                                                offset=matrix[:3, 3], output_shape=shape,
                                                order=3, mode="constant", cval=0.0)
     return out
+
+
+def t1w_image(template: np.ndarray, mask: np.ndarray, common_affine: np.ndarray,
+              geometry: dict) -> np.ndarray:
+    """A T1w-like image of a subject on ``geometry``'s grid (see :func:`subject_geometry`).
+
+    The common-space anatomy with the opposite contrast (:func:`t1w_template`: ``2 m -
+    template`` inside the brain, ``m`` the template's mean there, so the shared pattern is
+    inverted; 0 outside), resampled like a run (cubic spline at ``A_common^-1 P^-1 A_T1 v``).
+    """
+    inverted = t1w_template(template, mask)
+    return resample_run(inverted[..., None].astype(np.float32), common_affine, geometry)[..., 0]
+
+
+def t1w_template(template: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The T1w-contrast template on the common grid: ``soft(mask) * max(0, 2 m - template)``."""
+    soft = ndimage.gaussian_filter(np.asarray(mask, np.float64), 0.6)
+    level = float(template[mask].mean())
+    return soft * np.clip(2.0 * level - template, 0.0, None)

@@ -277,3 +277,32 @@ def test_varied_grids_keep_the_truth_in_the_common_space(tmp_path):
         r = np.corrcoef(back.mean(axis=3)[inner], np.asarray(template.dataobj)[inner])[0, 1]
         assert r > 0.8
     assert orientations == {"RAS", "LAS"}
+
+
+def test_t1w_images_in_their_own_pose(tmp_path):
+    from scipy import ndimage
+
+    truth = write_cohort(tmp_path, 1, 1, seed=5, shape=(16, 16, 10), n_volumes=20,
+                         varied_grids=True, t1w=True)
+    truth_dir = tmp_path / "derivatives" / "truth"
+    template = nib.load(truth_dir / "template_T1w.nii.gz")
+    epi_template = np.asarray(nib.load(truth_dir / "template.nii.gz").dataobj)
+    mask = np.asarray(nib.load(truth_dir / "mask.nii.gz").dataobj) > 0
+    inner = ndimage.binary_erosion(mask, iterations=2)
+    # opposite contrast to the EPI template inside the brain
+    assert np.corrcoef(np.asarray(template.dataobj)[inner], epi_template[inner])[0, 1] < -0.9
+    ijk = np.vstack([np.indices(mask.shape).reshape(3, -1), np.ones(mask.size)])
+    for sid, entry in truth["subjects"].items():
+        img = nib.load(tmp_path / entry["t1w"]["image"])
+        grid = entry["t1w"]["grid"]
+        assert "".join(nib.aff2axcodes(img.affine)) == "RAS"
+        assert np.allclose(img.header.get_zooms(), 2.0)
+        assert not np.allclose(grid["pose"], entry["grid"]["pose"])  # moved between scans
+        coords = (np.linalg.inv(img.affine) @ np.asarray(grid["pose"]) @ template.affine
+                  @ ijk)[:3]
+        back = ndimage.map_coordinates(np.asarray(img.dataobj), coords, order=1)
+        r = np.corrcoef(back.reshape(mask.shape)[inner],
+                        np.asarray(template.dataobj)[inner])[0, 1]
+        assert r > 0.95, sid
+    with pytest.raises(ValueError, match="varied_grids"):
+        write_cohort(tmp_path / "x", 1, 1, t1w=True)
