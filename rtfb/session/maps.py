@@ -17,6 +17,7 @@ every kept job before the record is closed.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -168,7 +169,15 @@ class MapWriter:
             change = current - base if base is not None else current
             kind = "change" if base is not None else "map"
             img = nib.Nifti1Image(np.nan_to_num(change).astype(np.float32), self.affine)
-            nib.save(img, self.out_dir / f"{name}-{kind}_{job.condition}_vol-{job.index:05d}"
-                                         ".nii.gz")
+            self._save(img, f"{name}-{kind}_{job.condition}_vol-{job.index:05d}.nii.gz")
         if job.write:
             self.n_written_ += 1
+
+    def _save(self, img, name: str) -> None:
+        """Write in ``maps/.partial/`` then rename: readers (dashboard, report) never see a
+        half-written map.
+        """
+        partial = self.out_dir / ".partial"
+        partial.mkdir(exist_ok=True)
+        nib.save(img, partial / name)
+        os.replace(partial / name, self.out_dir / name)

@@ -98,7 +98,7 @@ def test_writer_keeps_block_ends_and_coalesces_periodic_jobs(tmp_path, monkeypat
     writer.close(timeout=60)
     assert computed == [0, 3, 4, 5]  # in order, nothing kept was lost
     assert writer.n_skipped_ == 2 and writer.n_written_ == 4
-    names = sorted(p.name for p in tmp_path.iterdir())
+    names = sorted(p.name for p in tmp_path.glob("*.nii.gz"))
     assert names == [f"alff-change_block_vol-{i:05d}.nii.gz" for i in (0, 3, 4, 5)]
     # change maps are relative to the baseline job's map (value 0 here)
     last = np.asarray(nib.load(tmp_path / "alff-change_block_vol-00005.nii.gz").dataobj)
@@ -176,7 +176,7 @@ def test_session_writes_every_block_end_map_and_replay_reproduces_them(tmp_path)
     protocol = load_protocol(path)
     vols = [Volume(subj.data[..., t], subj.affine, t, tr=TR) for t in range(36)]
     out = Session(protocol, tmp_path / "session").run(ListSource(vols))
-    files = {p.name for p in (out / "maps").iterdir()}
+    files = {p.name for p in (out / "maps").glob("*.nii.gz")}
     # block ends (13, 25, 35) are always written; periodic ones (every 5) may be skipped
     for name in ("alff", "reho"):
         assert f"{name}-change_baseline_vol-00013.nii.gz" in files
@@ -192,7 +192,7 @@ def test_session_writes_every_block_end_map_and_replay_reproduces_them(tmp_path)
 
     # a replay is not live: it writes every map (none skipped), equal bit for bit
     replayed = replay_session(out, tmp_path / "replay")
-    replayed_files = {p.name for p in (replayed / "maps").iterdir()}
+    replayed_files = {p.name for p in (replayed / "maps").glob("*.nii.gz")}
     # 2 maps x (block ends 13, 25, 35 and every 5th volume once the window is full: 9, 14,
     # 19, 24, 29, 34)
     assert len(replayed_files) == 2 * 9
