@@ -76,6 +76,14 @@ def _build_parser() -> argparse.ArgumentParser:
                              "session (default 0)")
     cohort.add_argument("--treatment-vas", type=float, default=0.0,
                         help="change of the patients' VAS in the last session (default 0)")
+    cohort.add_argument("--varied-grids", action="store_true",
+                        help="write each subject on its own grid (voxel size, field of view, "
+                             "RAS/LAS) and head pose; truth and template.nii.gz stay on the "
+                             "common grid (rtfb analyze --normalise "
+                             "OUT/derivatives/truth/template.nii.gz)")
+    cohort.add_argument("--t1w", action="store_true",
+                        help="with --varied-grids: a T1w-like image per subject "
+                             "(sub-XX/anat/sub-XX_T1w.nii.gz, opposite contrast, own pose)")
 
     st = sub.add_parser(
         "stream", help="play a run in real time to a folder or a TCP receiver",
@@ -131,7 +139,8 @@ def _run_cohort(parser, args) -> int:
                              null=args.null, shape=args.shape, n_volumes=args.volumes,
                              tr=args.tr, slope=args.slope, sessions=args.sessions,
                              treatment_effect=args.treatment_effect,
-                             treatment_vas=args.treatment_vas)
+                             treatment_vas=args.treatment_vas,
+                             varied_grids=args.varied_grids, t1w=args.t1w)
     except ValueError as err:
         parser.exit(2, f"error: {err}\n")
     effect = "no effect (null)" if args.null else f"ALFF slope {args.slope:g} per VAS point"
@@ -142,6 +151,9 @@ def _run_cohort(parser, args) -> int:
         print(f"  {pid}  {subj['group']:7s}  VAS {subj['vas']:4.1f}  "
               f"planted amplitude {subj['alff_amplitude']:6.2f}")
     print(f"  ground truth: {args.out}/derivatives/truth/truth.json")
+    if args.varied_grids:
+        print(f"  each run on its own grid and head pose: rtfb analyze {args.out} --normalise "
+              f"{args.out}/derivatives/truth/template.nii.gz ...")
     return 0
 
 

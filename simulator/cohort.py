@@ -23,6 +23,7 @@ Layout written by :func:`write_cohort`::
       derivatives/truth/
         dataset_description.json
         truth.json                    effect definition + per-subject planted values
+        template.nii.gz               expected anatomy on the common grid (registration target)
         mask.nii.gz                   shared brain mask (uint8)
         roi-<name>.nii.gz             shared ROIs (uint8)
         network.nii.gz                planted network (seed + target ROIs, uint8)
@@ -43,6 +44,16 @@ Sessions (``sessions=("pre", "post")``): every subject gets one run per session 
 amplitude is ``max(0, amplitude + treatment_effect)`` and their VAS
 ``max(0, VAS + treatment_vas)``; controls are unchanged. ``truth.json`` records both.
 
+Subjects on their own grids (``varied_grids=True``): every run is simulated on the common
+grid, then written as a scanner would have seen that head (:mod:`simulator.grids`): its own
+voxel size and field of view, RAS or LAS axes, and a head pose (rotation up to 6 degrees
+per axis, translation up to 4 mm) drawn per run. Every subject also carries a shared
+anatomy (a smooth pattern of +-30 % of the baseline, constant in time, so no metric sees
+it) for registration to lock onto. The truth (mask, ROIs, atlas) stays on the common grid,
+with ``derivatives/truth/template.nii.gz`` (the expected anatomy, the registration target)
+and each run's grid and pose in ``truth.json`` (``grid``); ``t1w=True`` adds a T1w-like
+image per subject (``sub-XX/anat/sub-XX_T1w.nii.gz``, opposite contrast, own pose).
+
 Subjects are numbered patients first (``sub-01`` .. ``sub-<N>``), then controls. Nothing
 here imports ``rtfb``.
 """
@@ -56,7 +67,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
+from .grids import (
+    ANATOMY_CONTRAST,
+    T1W_VOXEL,
+    anatomy_field,
+    resample_run,
+    subject_geometry,
+    t1w_image,
+    t1w_template,
+)
 from .synthetic import make_subject
 
 __all__ = ["CohortSubject", "make_atlas", "make_cohort_plan", "write_cohort"]
@@ -233,6 +254,8 @@ def write_cohort(
     sessions: Sequence[str] | None = None,
     treatment_effect: float = 0.0,
     treatment_vas: float = 0.0,
+    varied_grids: bool = False,
+    t1w: bool = False,
     **subject_kwargs,
 ) -> dict:
     """Write a synthetic BIDS cohort with a planted left-insula ALFF effect.
@@ -255,6 +278,15 @@ def write_cohort(
         Session labels (without ``ses-``), e.g. ``("pre", "post")``; None: no sessions.
     treatment_effect, treatment_vas : float
         Change of the patients' left-insula amplitude and VAS in the last session.
+    varied_grids : bool
+        Write each subject on its own grid, axis order and head pose (see the module
+        docstring); the truth stays on the common grid.
+    t1w : bool
+        With ``varied_grids``: also a T1w-like image per subject,
+        ``sub-XX/anat/sub-XX_T1w.nii.gz`` (the anatomy with the opposite contrast, 2 mm
+        RAS grid, its own head pose; :func:`simulator.grids.t1w_image`), its grid and pose
+        in ``truth.json`` (``t1w``), and ``derivatives/truth/template_T1w.nii.gz``, the
+        template with that contrast (``rtfb analyze --normalise-from t1w``'s target).
     **subject_kwargs
         Further keyword arguments of :func:`simulator.synthetic.make_subject` (e.g.
         ``noise_sigma``); ``alff_amplitude``, ``baseline``, ``seed`` are set per subject;
@@ -268,6 +300,8 @@ def write_cohort(
     forbidden = {"alff_amplitude", "seed", "shape", "n_volumes", "tr"} & set(subject_kwargs)
     if forbidden:
         raise ValueError(f"{sorted(forbidden)} are set by write_cohort, not per subject.")
+    if t1w and not varied_grids:
+        raise ValueError("t1w=True needs varied_grids=True (the T1w images' anatomy).")
     mean_baseline = float(subject_kwargs.pop("baseline", 1000.0))
     subject_kwargs.setdefault("fc_correlation", _NETWORK_CORRELATION)
     plan = make_cohort_plan(n_patients, n_controls, seed=seed, null=null,
@@ -309,8 +343,9 @@ def write_cohort(
 
     shared = None
     subjects_truth = {}
+    anatomy = soft = None
     session_list = [None] if not sessions else [str(x).removeprefix("ses-") for x in sessions]
-    for s in plan:
+    for index, s in enumerate(plan):
         entry = {**s.as_dict()}
         ses_rows = []
         for k, ses in enumerate(session_list):
@@ -336,7 +371,18 @@ def write_cohort(
             func = (sub_root if ses is None else sub_root / f"ses-{ses}") / "func"
             func.mkdir(parents=True, exist_ok=True)
             stem = f"{ent}_task-{TASK}_bold"
-            _save_nifti(subject.data, subject.affine, func / f"{stem}.nii.gz", np.float32, tr)
+            data, affine, geometry = subject.data, subject.affine, None
+            if varied_grids:
+                if anatomy is None:
+                    anatomy = anatomy_field(shared.mask.shape, seed)
+                    soft = ndimage.gaussian_filter(shared.mask.astype(np.float64), 0.6)
+                offset = (s.baseline * ANATOMY_CONTRAST * soft * anatomy).astype(np.float32)
+                zooms = np.sqrt((subject.affine[:3, :3] ** 2).sum(axis=0))
+                geometry = subject_geometry(index, seed_k, subject.mask.shape, zooms)
+                data = resample_run(data + offset[..., None], subject.affine, geometry)
+                affine = np.asarray(geometry["affine"])
+            _save_nifti(data, affine, func / f"{stem}.nii.gz", np.float32, tr)
+            del data
             _write_json(func / f"{stem}.json", {"RepetitionTime": float(tr), "TaskName": TASK})
             sub_truth_dir = truth_dir / s.participant_id
             sub_truth_dir.mkdir(exist_ok=True)
@@ -344,12 +390,29 @@ def write_cohort(
             bold = str((func / f"{stem}.nii.gz").relative_to(root))
             if ses is None:
                 entry.update(bold=bold, alff_phase_rad=subject.truth["alff"]["phase_rad"])
+                if geometry is not None:
+                    entry["grid"] = geometry
             else:
                 entry.setdefault("sessions", {})[f"ses-{ses}"] = {
                     "bold": bold, "alff_amplitude": round(amplitude, 6), "vas": vas,
                     "alff_phase_rad": subject.truth["alff"]["phase_rad"]}
+                if geometry is not None:
+                    entry["sessions"][f"ses-{ses}"]["grid"] = geometry
                 ses_rows.append((f"ses-{ses}", vas))
             del subject
+        if t1w:
+            geometry = subject_geometry(index, int(np.random.SeedSequence([s.seed, 0x71])
+                                                   .generate_state(1)[0]),
+                                        shared.mask.shape, zooms,
+                                        grid=((T1W_VOXEL,) * 3, "RAS"))
+            template = mean_baseline * soft * (1.0 + ANATOMY_CONTRAST * anatomy)
+            anat = root / s.participant_id / "anat"
+            anat.mkdir(parents=True, exist_ok=True)
+            image = t1w_image(template, shared.mask, shared.affine, geometry)
+            _save_nifti(image, np.asarray(geometry["affine"]),
+                        anat / f"{s.participant_id}_T1w.nii.gz", np.float32)
+            entry["t1w"] = {"image": f"{s.participant_id}/anat/{s.participant_id}_T1w.nii.gz",
+                            "grid": geometry}
         if ses_rows:
             with open(root / s.participant_id / f"{s.participant_id}_sessions.tsv", "w",
                       newline="") as fh:
@@ -359,6 +422,15 @@ def write_cohort(
         subjects_truth[s.participant_id] = entry
 
     _save_nifti(shared.mask, shared.affine, truth_dir / "mask.nii.gz", np.uint8)
+    for name in ("template.nii.gz", "template_T1w.nii.gz"):
+        if (truth_dir / name).exists():
+            (truth_dir / name).unlink()
+    if varied_grids:
+        template = mean_baseline * soft * (1.0 + ANATOMY_CONTRAST * anatomy)
+        _save_nifti(template, shared.affine, truth_dir / "template.nii.gz", np.float32)
+    if t1w:
+        _save_nifti(t1w_template(template, shared.mask), shared.affine,
+                    truth_dir / "template_T1w.nii.gz", np.float32)
     for name, roi in shared.rois.items():
         _save_nifti(roi, shared.affine, truth_dir / f"roi-{name}.nii.gz", np.uint8)
     network = shared.rois["seed"] | shared.rois["target"]
@@ -386,6 +458,12 @@ def write_cohort(
         "tr": float(tr),
         "voxel_size": shared.truth["voxel_size"],
         "affine": shared.affine.tolist(),
+        "grids": "varied" if varied_grids else "shared",
+        "template": "template.nii.gz" if varied_grids else None,
+        "template_t1w": "template_T1w.nii.gz" if t1w else None,
+        "space": "the truth (mask, ROIs, atlas, template) is on the common grid 'affine'; "
+                 + ("each run's grid and head pose: subjects[...]['grid'] (simulator.grids)"
+                    if varied_grids else "every run is on that grid"),
         "effect": {
             "metric": "ALFF",
             "roi": "left_insula",

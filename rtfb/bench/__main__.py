@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import analyze, dashboard, fwe, ingest, metrics, preprocess, session
+from . import analyze, dashboard, fwe, ingest, metrics, normalise, preprocess, session
 
 BENCHMARKS = {"metrics": metrics, "ingest": ingest, "preprocess": preprocess,
-              "session": session, "fwe": fwe, "analyze": analyze, "dashboard": dashboard}
+              "session": session, "fwe": fwe, "analyze": analyze, "dashboard": dashboard,
+              "normalise": normalise}
 
 
 def main(argv: list[str] | None = None) -> int:

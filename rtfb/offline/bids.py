@@ -382,6 +382,19 @@ def _grid(path: Path) -> tuple[tuple[int, ...], np.ndarray, int]:
     return shape[:3], np.asarray(img.affine, dtype=np.float64), shape[3]
 
 
+def _describe_grid(shape, affine) -> str:
+    """``16x16x10 of 3x3x3 mm RAS`` (orientation from nibabel; ``~`` when oblique)."""
+    import nibabel as nib
+
+    zooms = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+    axes = "".join(nib.aff2axcodes(affine))
+    cosines = np.abs(np.asarray(affine)[:3, :3]) / zooms
+    oblique = "" if np.allclose(cosines.max(axis=0), 1.0, atol=1e-3) else " oblique"
+    origin = ",".join(f"{v:g}" for v in np.round(np.asarray(affine)[:3, 3], 1))
+    return (f"{'x'.join(str(n) for n in shape)} of {'x'.join(f'{z:g}' for z in zooms)} mm "
+            f"{axes}{oblique} at ({origin})")
+
+
 def _check_run_lengths(runs: list[Run], policy: str) -> tuple[list[Run], dict]:
     """Keep the runs of the cohort's most common (volumes, TR); exclude or refuse others."""
     from collections import Counter
@@ -427,8 +440,9 @@ def load_dataset(bids_dir, participants=None, *, require_participants: bool = Tr
         common pair: leave them out (listed in ``Dataset.excluded`` and ``warnings``; a
         subject left without a run is dropped from the participants) or raise.
     same_grid : bool
-        Require every run on one grid (shape and affine). False when the maps are brought to
-        a common space afterwards (spatial normalisation); ``shape``/``affine`` are then the
+        Require every run on one grid (shape and affine); otherwise one error lists every
+        grid and its runs. False when the runs are brought to a common space (spatial
+        normalisation, :mod:`rtfb.offline.normalise`); ``shape``/``affine`` are then the
         first run's.
     input : {"bids", "fmriprep"}
         Raw BIDS runs or fMRIPrep derivatives (see :func:`find_runs`).
@@ -453,23 +467,22 @@ def load_dataset(bids_dir, participants=None, *, require_participants: bool = Tr
     root = Path(bids_dir)
     found = find_runs(root, input)
     runs = []
+    grids: dict = {}  # grid description -> runs on it
     shape = affine = None
-    first = None
     for run in found:
         run_shape, run_affine, n_volumes = _grid(run.path)
         runs.append(replace(run, n_volumes=n_volumes))
-        if first is None:
-            shape, affine, first = run_shape, run_affine, run.path
-        elif not same_grid:
-            continue
-        elif run_shape != shape:
-            raise BIDSError(f"{run.path}: grid {run_shape} differs from {shape} of {first}; "
-                            "all subjects must share one grid (resample them first, or "
-                            "normalise them with --normalize).")
-        elif not np.allclose(run_affine, affine, atol=1e-4):
-            raise BIDSError(f"{run.path}: affine differs from that of {first}; all subjects "
-                            "must share one grid (resample them first, or normalise them "
-                            "with --normalize).")
+        if shape is None:
+            shape, affine = run_shape, run_affine
+        same = run_shape == shape and np.allclose(run_affine, affine, atol=1e-4)
+        key = _describe_grid(shape, affine) if same else _describe_grid(run_shape, run_affine)
+        grids.setdefault(key, []).append(run)
+    if same_grid and len(grids) > 1:
+        parts = [f"{key}: {', '.join(r.prefix for r in rs)}" for key, rs in grids.items()]
+        raise BIDSError(f"{root}: the runs are on {len(grids)} different grids ("
+                        + "; ".join(parts) + "); refusing to mix them: give --normalise mni "
+                        "(or --normalise TEMPLATE.nii.gz) to register every run to a "
+                        "template, or resample them to one grid first.")
     runs, excluded = _check_run_lengths(runs, mismatched_runs)
     warnings = [f"excluded {p}: {why}" for p, why in excluded.items()]
     table = None

@@ -185,7 +185,8 @@ def analyze(bids_dir, out_dir, *, participants=None, config: AnalysisConfig | No
     _write_description(out_dir / PIPELINE_NAME, dataset.root)
     runs = {run.prefix: run for run in dataset.runs}
     results, failures = {}, {}
-    bar, task = _progress(progress, len(runs))
+    bar, task = _progress(progress, len(runs), "subjects (maps, registration to the template)"
+                          if config.normalise else "subjects")
 
     def record(prefix, outcome, error=None):
         if error is None:
@@ -251,6 +252,17 @@ def _ica_components(value: str) -> int | str | None:
         raise argparse.ArgumentTypeError(f"expected 'auto', 'none' or an integer >= 2, got "
                                          f"{value!r}")
     return n
+
+
+def _normalise_spec(value: str) -> str:
+    """``none``, ``mni`` or an existing template image for ``--normalise``."""
+    if value in ("none", "mni"):
+        return value
+    path = Path(value)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"expected 'none', 'mni' or a template image file, "
+                                         f"got {value!r} (no such file)")
+    return str(path.resolve())
 
 
 def _seed_roi(text: str) -> tuple[str, str | tuple[float, float, float]]:
@@ -321,13 +333,44 @@ def analyze_command(args: argparse.Namespace) -> int:
     elif args.confounds is not None:
         print("rtfb analyze: error: --confounds applies to --input fmriprep only")
         return 2
+    normalise = args.normalise != "none"
+    if normalise and args.input == "fmriprep":
+        print("rtfb analyze: error: --normalise applies to --input bids only (fMRIPrep's "
+              "runs are already in MNI152NLin2009cAsym space)")
+        return 2
+    if args.normalise_from != "epi" and not normalise:
+        print("rtfb analyze: error: --normalise-from applies with --normalise only")
+        return 2
+    if args.template_resolution < 1:
+        print(f"rtfb analyze: error: --template-resolution must be >= 1 mm, got "
+              f"{args.template_resolution}")
+        return 2
+    if normalise:
+        options.update(normalise=args.normalise, template_resolution=args.template_resolution,
+                       registration=args.registration, normalise_from=args.normalise_from)
+        try:
+            from .normalise import load_template
+
+            template = load_template(args.normalise, args.template_resolution)
+        except (ValueError, ImportError) as err:
+            print(f"rtfb analyze: error: --normalise {args.normalise}: {err}")
+            return 2
     config = AnalysisConfig(**options) if options else None
     try:
         dataset = load_dataset(args.bids_dir, args.participants,
-                               mismatched_runs=args.mismatched_runs, input=args.input)
+                               mismatched_runs=args.mismatched_runs, input=args.input,
+                               same_grid=not normalise)
     except (BIDSError, ValueError) as err:
         print(f"rtfb analyze: error: {err}")
         return 2
+    if normalise and args.normalise_from == "t1w":
+        from .template_space import find_t1w
+
+        missing = [run.prefix for run in dataset.runs if find_t1w(run.path) is None]
+        if missing:
+            print(f"rtfb analyze: error: --normalise-from t1w: no sub-XX/[ses-YY/]anat/"
+                  f"*_T1w.nii[.gz] for {', '.join(missing)}")
+            return 2
     try:
         spec = _design_spec(args, dataset)
     except ValueError as err:
@@ -337,6 +380,14 @@ def analyze_command(args: argparse.Namespace) -> int:
         print(f"warning: {warning}")
     if spec is not None:
         print(f"model: {spec.describe()}")
+    if normalise:
+        what = ("each subject's T1w -> " if args.normalise_from == "t1w" else
+                "each run's mean EPI -> ")
+        print(f"normalisation: {what}{template.description} "
+              f"(dipy: affine by mutual information"
+              + (", then SyN by cross-correlation" if args.registration == "syn" else "")
+              + ("; mean EPI rigidly to the T1w" if args.normalise_from == "t1w" else "")
+              + f"); maps on its {'x'.join(map(str, template.shape))} grid")
     try:
         results = analyze(dataset, args.out, config=config, scheduler=args.scheduler,
                           n_workers=args.n_workers, overwrite=args.overwrite,
@@ -348,6 +399,15 @@ def analyze_command(args: argparse.Namespace) -> int:
         print(f"rtfb analyze: {err}")
         return 1
     print(f"{len(results)} runs -> {Path(args.out) / PIPELINE_NAME}")
+    normalise_note, normalise_warnings = None, []
+    if normalise:
+        from .template_space import registration_summary
+
+        normalise_note, normalise_warnings = registration_summary(results)
+    if normalise_note:
+        print(normalise_note)
+    for warning in normalise_warnings:
+        print(f"warning: {warning}")
     if args.no_group:
         return 0
     from .group import group_analysis
@@ -380,7 +440,9 @@ def analyze_command(args: argparse.Namespace) -> int:
         except (ValueError, FileNotFoundError) as err:
             print(f"rtfb analyze: group analysis: {err}")
             return 2
-        group.warnings[:0] = list(dataset.warnings)
+        group.warnings[:0] = list(dataset.warnings) + normalise_warnings
+        if normalise_note:
+            group.notes.append(normalise_note)
         if atlas_note:
             group.notes.append(atlas_note)
         has_atlas = any("atlas" in paths for paths in results.values())
@@ -405,8 +467,9 @@ def analyze_command(args: argparse.Namespace) -> int:
         report = write_group_report(args.out, group)
         bar.update(task, description="group: done", completed=bar.tasks[0].total)
     for note in group.notes:
-        print(f"note: {note}")
-    for warning in group.warnings[len(dataset.warnings):]:
+        if note != normalise_note:  # printed after the subjects' maps
+            print(f"note: {note}")
+    for warning in group.warnings[len(dataset.warnings) + len(normalise_warnings):]:
         print(f"warning: {warning}")
     n_sig = sum(len(c.clusters) for c in group.contrasts.values())
     extra = []
@@ -490,6 +553,23 @@ def add_analyze_parser(sub) -> None:
                         "simple (24 motion + WM/CSF + high-pass; default), simple+gsr (+ "
                         "global signal), scrubbing (+ censoring FD > 0.5 mm / std DVARS > "
                         "1.5), compcor (24 motion + aCompCor + high-pass), motion24-wmcsf")
+    p.add_argument("--normalise", "--normalize", type=_normalise_spec, default="none",
+                   metavar="{none,mni,TEMPLATE}",
+                   help="register each run's mean EPI to a template with dipy (affine by "
+                        "mutual information, then SyN) and compute every map on the "
+                        "template's grid: 'mni' (nilearn's MNI152 2009a template at "
+                        "--template-resolution mm) or a template image file; default none "
+                        "(runs on different grids are then refused). Transforms are cached "
+                        "in DERIV_DIR/rtfb and reused by reruns")
+    p.add_argument("--template-resolution", type=int, default=4, metavar="MM",
+                   help="voxel size of the MNI template grid in mm (default 4)")
+    p.add_argument("--registration", choices=("syn", "affine"), default="syn",
+                   help="with --normalise: affine then nonlinear SyN (default) or affine only")
+    p.add_argument("--normalise-from", "--normalize-from", choices=("epi", "t1w"),
+                   default="epi",
+                   help="with --normalise: register each run's mean EPI to the template "
+                        "(default), or the subject's T1w (sub-XX/[ses-YY/]anat/*_T1w.nii.gz) "
+                        "to the template and the mean EPI rigidly to its T1w")
     p.add_argument("--scheduler", metavar="ADDRESS",
                    help="Dask scheduler address (tcp://host:port), or 'synchronous'; "
                         "default: a local cluster of worker processes")

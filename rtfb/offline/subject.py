@@ -15,6 +15,11 @@ Outputs (BIDS derivatives)::
     OUT_DIR/rtfb/sub-XX/func/<prefix>_desc-confounds_timeseries.tsv  (motion, FD, censored)
     OUT_DIR/rtfb/sub-XX/<prefix>_done.json                          (resume marker)
 
+With normalisation (``AnalysisConfig.normalise``) the maps, mask, cleaned series and atlas
+series are on the template grid and named ``<prefix>_space-<label>_desc-...``, beside the
+run's cached transform ``<prefix>_from-boldref_to-<label>_mode-image_xfm.npz`` (+ ``.json``)
+and its warped mean EPI ``<prefix>_space-<label>_desc-mean_boldref.nii.gz``.
+
 Every file is written to a temporary name and renamed, and the ``done`` marker last, so a
 killed run leaves no half-written map that a resumed run would trust.
 """
@@ -88,6 +93,19 @@ class AnalysisConfig:
         :func:`rtfb.offline.fmriprep.preprocess_fmriprep_run` instead of the Preprocessor.
     confounds : str
         Confound strategy of fMRIPrep input (:data:`rtfb.offline.fmriprep.STRATEGIES`).
+    normalise : str
+        ``""``: maps on the run's grid; ``"mni"``: the run's mean EPI is registered to
+        nilearn's MNI152 template at ``template_resolution`` mm, or a template image's path:
+        to that image (:mod:`rtfb.offline.normalise`); the cleaned series are then warped
+        to the template grid and every map, mask and series is computed there.
+    template_resolution : int
+        Voxel size (mm) of the MNI template grid.
+    registration : {"syn", "affine"}
+        Affine then SyN (nonlinear), or affine only.
+    normalise_from : {"epi", "t1w"}
+        Register the mean EPI to the template, or the subject's T1w
+        (``sub-XX/[ses-YY/]anat/*_T1w.nii.gz``) to the template and the mean EPI rigidly
+        to the T1w (:mod:`rtfb.offline.template_space`).
     """
 
     band: tuple[float, float] = (0.01, 0.08)
@@ -108,9 +126,18 @@ class AnalysisConfig:
     fd_threshold: float = 0.5
     input: str = "bids"
     confounds: str = "simple"
+    normalise: str = ""
+    template_resolution: int = 4
+    registration: str = "syn"
+    normalise_from: str = "epi"
 
     def __post_init__(self):
         _check_option("pipeline", self.pipeline, PIPELINES)
+        _check_option("registration", self.registration, ("syn", "affine"))
+        _check_option("normalise_from", self.normalise_from, ("epi", "t1w"))
+        if self.normalise and self.input == "fmriprep":
+            raise ValueError("normalise applies to raw BIDS runs, not to fMRIPrep input "
+                             "(already in MNI152NLin2009cAsym space).")
 
     def preprocessing(self) -> dict:
         """The Preprocessor options."""
@@ -289,8 +316,11 @@ def process_subject(bold_path, tr: float, out_dir, config: AnalysisConfig | None
     Returns
     -------
     dict of str to pathlib.Path
-        Written files by key (``ALFF``, ..., ``mask``, ``confounds``, ``done``); the
-        ``done`` marker also records whether the run was ``skipped``.
+        Written files by key (``ALFF``, ..., ``mask``, ``confounds``, ``done``; with
+        ``config.normalise`` also ``xfm``, the cached transform, and ``boldref``, the warped
+        mean EPI); the ``done`` marker also records whether the run was ``skipped``. Files
+        of an earlier run that this one does not rewrite (e.g. maps in another space) are
+        removed.
     """
     config = AnalysisConfig() if config is None else config
     bold_path = Path(bold_path)
@@ -321,6 +351,7 @@ def process_subject(bold_path, tr: float, out_dir, config: AnalysisConfig | None
             return paths
 
     func_dir.mkdir(parents=True, exist_ok=True)
+    previous = _read_marker(marker) if marker.exists() else None
     if marker.exists():
         marker.unlink()
     if config.input == "fmriprep":
@@ -329,6 +360,23 @@ def process_subject(bold_path, tr: float, out_dir, config: AnalysisConfig | None
         pre = preprocess_fmriprep_run(bold_path, tr, config.confounds)
     else:
         pre = preprocess_run(bold_path, tr, config)
+    space = None
+    stem = prefix
+    if config.normalise:
+        from .normalise import load_template
+        from .template_space import find_t1w, normalise_run
+
+        template = load_template(config.normalise, config.template_resolution)
+        t1w = None
+        if config.normalise_from == "t1w":
+            t1w = find_t1w(bold_path)
+            if t1w is None:
+                raise ValueError(f"{bold_path}: no T1w image in the subject's anat folder "
+                                 "(normalise_from='t1w').")
+        pre, space = normalise_run(pre, bold_path, template, func_dir, prefix,
+                                   nonlinear=config.registration == "syn", t1w=t1w,
+                                   overwrite=overwrite)
+        stem = f"{prefix}_space-{template.space}"
     data, mask, affine = pre["data"], pre["mask"], pre["affine"]
     n = data.shape[1]
     grid = np.zeros(mask.shape + (n,))
@@ -408,23 +456,25 @@ def process_subject(bold_path, tr: float, out_dir, config: AnalysisConfig | None
             "CensoredVolumesUsed": True},
         "GeneratedBy": [{"Name": "rtfb", "Version": __version__}],
     }
+    if space is not None:
+        common["SpatialNormalisation"] = space
     outputs = {}
     for metric, (array, extra) in maps.items():
-        rel = f"func/{prefix}_desc-{metric}_map.nii.gz"
+        rel = f"func/{stem}_desc-{metric}_map.nii.gz"
         _save_map(array, affine, sub_dir / rel)
         _save_json(sub_dir / rel.replace(".nii.gz", ".json"),
                    {"Metric": metric, "Kernel": f"rtfb.metrics.{_kernel(metric)}",
                     **extra, **common, "Input": _metric_input(metric, config)})
         outputs[metric] = rel
-    rel = f"func/{prefix}_desc-brain_mask.nii.gz"
+    rel = f"func/{stem}_desc-brain_mask.nii.gz"
     _save_map(mask, affine, sub_dir / rel, dtype=np.uint8)
     outputs["mask"] = rel
     if config.save_clean:
-        rel = f"func/{prefix}_desc-clean_bold.nii.gz"
+        rel = f"func/{stem}_desc-clean_bold.nii.gz"
         _save_map(grid, affine, sub_dir / rel)
         outputs["clean"] = rel
     if atlas:
-        rel = f"func/{prefix}_desc-atlas_timeseries.tsv"
+        rel = f"func/{stem}_desc-atlas_timeseries.tsv"
         table, sidecar = atlas_timeseries(data, mask, affine, atlas)
         _atomic(sub_dir / rel, lambda tmp: tmp.write_text(table))
         _save_json(sub_dir / rel.replace(".tsv", ".json"), {**sidecar, **common})
@@ -436,6 +486,22 @@ def process_subject(bold_path, tr: float, out_dir, config: AnalysisConfig | None
         lines.append("\t".join([*(repr(float(v)) for v in m), repr(float(f)), str(int(c))]))
     _atomic(sub_dir / rel, lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
     outputs["confounds"] = rel
+    if space is not None:
+        from .template_space import registration_paths
+
+        for key, path in zip(("xfm", "boldref"),
+                             registration_paths(func_dir, prefix, space["Name"]), strict=True):
+            outputs[key] = str(path.relative_to(sub_dir))
+    if previous is not None:  # remove what this run replaces (e.g. maps of another space)
+        for rel in set(previous.get("outputs", {}).values()) - set(outputs.values()):
+            stale = sub_dir / rel
+            if not stale.resolve().is_relative_to(sub_dir.resolve()):
+                continue
+            sidecar = stale.with_name(re.sub(r"(\.nii\.gz|\.nii|\.tsv|\.npz)$", ".json",
+                                             stale.name))
+            for path in {stale, sidecar}:
+                if path.is_file():
+                    path.unlink()
     _save_json(marker, {"subject": subject, "source": str(bold_path), "config": config_dict,
                         "outputs": outputs, "skipped": skipped, "rtfb_version": __version__})
     paths = {k: sub_dir / rel for k, rel in outputs.items()}

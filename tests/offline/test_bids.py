@@ -90,15 +90,19 @@ def test_no_runs(tmp_path):
 
 def test_different_shapes(dataset):
     _run(dataset, "sub-02", shape=(4, 4, 4))
-    with pytest.raises(BIDSError, match=r"sub-02_task-rest_bold\.nii\.gz: grid \(4, 4, 4\)"):
+    with pytest.raises(BIDSError, match=r"2 different grids \(4x4x3 of 3x3x3 mm RAS at "
+                                        r"\(0,0,0\): sub-01_task-rest; 4x4x4 of 3x3x3 mm RAS "
+                                        r"at \(0,0,0\): sub-02_task-rest\).*--normalise mni"):
         load_dataset(dataset)
+    # with normalisation the grids may differ: the first run's grid is reported
+    assert load_dataset(dataset, same_grid=False).shape == (4, 4, 3)
 
 
 def test_different_affines(dataset):
-    affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    affine = np.diag([-3.0, 3.0, 3.0, 1.0])
     affine[0, 3] = 5.0
     _run(dataset, "sub-02", affine=affine)
-    with pytest.raises(BIDSError, match=r"sub-02_task-rest_bold\.nii\.gz: affine differs"):
+    with pytest.raises(BIDSError, match=r"4x4x3 of 3x3x3 mm LAS at \(5,0,0\): sub-02_task-rest"):
         load_dataset(dataset)
 
 

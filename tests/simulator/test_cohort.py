@@ -227,3 +227,82 @@ def test_cli(tmp_path):
     sidecar = json.loads((out / "sub-01/func/sub-01_task-rest_bold.json").read_text())
     assert sidecar["RepetitionTime"] == 1.5
     assert json.loads((out / "derivatives/truth/truth.json").read_text())["null"] is True
+
+
+def test_varied_grids_keep_the_truth_in_the_common_space(tmp_path):
+    """Each run on its own grid and pose; brought back with the truth's pose (scipy), it is
+    the run the shared-grid cohort of the same seed writes (plus the constant anatomy)."""
+    from scipy import ndimage
+
+    from simulator.grids import GRID_CHOICES
+
+    shape, n_vol = (16, 16, 10), 40
+    shared = write_cohort(tmp_path / "shared", 2, 2, seed=5, shape=shape, n_volumes=n_vol)
+    varied = write_cohort(tmp_path / "varied", 2, 2, seed=5, shape=shape, n_volumes=n_vol,
+                          varied_grids=True)
+    assert shared["grids"] == "shared" and varied["grids"] == "varied"
+    truth_dir = tmp_path / "varied" / "derivatives" / "truth"
+    template = nib.load(truth_dir / "template.nii.gz")
+    common = np.asarray(varied["affine"])
+    assert template.shape == shape and np.allclose(template.affine, common)
+    assert not (tmp_path / "shared" / "derivatives" / "truth" / "template.nii.gz").exists()
+    roi = np.asarray(nib.load(truth_dir / "roi-left_insula.nii.gz").dataobj) > 0
+    mask = np.asarray(nib.load(truth_dir / "mask.nii.gz").dataobj) > 0
+    inner = ndimage.binary_erosion(mask, iterations=2)
+    ijk = np.vstack([np.indices(shape).reshape(3, -1), np.ones(int(np.prod(shape)))])
+    orientations = set()
+    for i, (sid, entry) in enumerate(varied["subjects"].items()):
+        img = nib.load(tmp_path / "varied" / entry["bold"])
+        grid = entry["grid"]
+        zooms, orientation = GRID_CHOICES[i % len(GRID_CHOICES)]
+        assert img.shape[:3] == tuple(grid["shape"]) and np.allclose(img.affine, grid["affine"])
+        assert np.allclose(img.header.get_zooms()[:3], zooms)
+        assert "".join(nib.aff2axcodes(img.affine)) == orientation
+        orientations.add(orientation)
+        pose = np.asarray(grid["pose"])
+        assert np.allclose(pose[:3, :3] @ pose[:3, :3].T, np.eye(3))  # rigid
+        assert np.abs(grid["rotation_deg"]).max() <= 6 and np.abs(grid["translation_mm"]).max() <= 4
+        # run voxel coordinates of every common-grid voxel, from the truth only
+        coords = (np.linalg.inv(img.affine) @ pose @ common @ ijk)[:3]
+        data = np.asarray(img.dataobj)
+        back = np.stack([ndimage.map_coordinates(data[..., t], coords, order=1)
+                         for t in range(n_vol)], axis=-1).reshape(*shape, n_vol)
+        ref = np.asarray(nib.load(tmp_path / "shared" / shared["subjects"][sid]["bold"])
+                         .dataobj)
+        # the planted insula signal is where the truth says (demeaned ROI means agree)
+        a = back[roi].mean(axis=0)
+        b = ref[roi].mean(axis=0)
+        assert np.corrcoef(a - a.mean(), b - b.mean())[0, 1] > 0.9
+        # the temporal mean is the template's anatomy inside the brain
+        r = np.corrcoef(back.mean(axis=3)[inner], np.asarray(template.dataobj)[inner])[0, 1]
+        assert r > 0.8
+    assert orientations == {"RAS", "LAS"}
+
+
+def test_t1w_images_in_their_own_pose(tmp_path):
+    from scipy import ndimage
+
+    truth = write_cohort(tmp_path, 1, 1, seed=5, shape=(16, 16, 10), n_volumes=20,
+                         varied_grids=True, t1w=True)
+    truth_dir = tmp_path / "derivatives" / "truth"
+    template = nib.load(truth_dir / "template_T1w.nii.gz")
+    epi_template = np.asarray(nib.load(truth_dir / "template.nii.gz").dataobj)
+    mask = np.asarray(nib.load(truth_dir / "mask.nii.gz").dataobj) > 0
+    inner = ndimage.binary_erosion(mask, iterations=2)
+    # opposite contrast to the EPI template inside the brain
+    assert np.corrcoef(np.asarray(template.dataobj)[inner], epi_template[inner])[0, 1] < -0.9
+    ijk = np.vstack([np.indices(mask.shape).reshape(3, -1), np.ones(mask.size)])
+    for sid, entry in truth["subjects"].items():
+        img = nib.load(tmp_path / entry["t1w"]["image"])
+        grid = entry["t1w"]["grid"]
+        assert "".join(nib.aff2axcodes(img.affine)) == "RAS"
+        assert np.allclose(img.header.get_zooms(), 2.0)
+        assert not np.allclose(grid["pose"], entry["grid"]["pose"])  # moved between scans
+        coords = (np.linalg.inv(img.affine) @ np.asarray(grid["pose"]) @ template.affine
+                  @ ijk)[:3]
+        back = ndimage.map_coordinates(np.asarray(img.dataobj), coords, order=1)
+        r = np.corrcoef(back.reshape(mask.shape)[inner],
+                        np.asarray(template.dataobj)[inner])[0, 1]
+        assert r > 0.95, sid
+    with pytest.raises(ValueError, match="varied_grids"):
+        write_cohort(tmp_path / "x", 1, 1, t1w=True)
