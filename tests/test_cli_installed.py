@@ -36,13 +36,8 @@ def rtfb(*args, timeout=120, env=None, cwd=None) -> subprocess.CompletedProcess:
 
 
 def assert_usage_error(proc, *words):
-    """Exit status 2 and exactly one line on stderr that names ``words``.
-
-    (``rtfb analyze`` prints its errors on stdout, which is accepted.)
-    """
+    """Exit status 2 and exactly one line on stderr that names ``words``."""
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    if not lines and proc.args[0].endswith("analyze") or "analyze" in proc.args[:2]:
-        lines = lines or [line for line in proc.stdout.splitlines() if line.strip()]
     assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
     assert len(lines) == 1, proc.stderr
     assert re.match(r"rtfb( \w+)?: error: ", lines[0]), lines[0]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 
 from .. import __version__
@@ -240,6 +241,11 @@ def analyze(bids_dir, out_dir, *, participants=None, config: AnalysisConfig | No
     return results
 
 
+
+def _error(message: str) -> None:
+    """Print one error line of ``rtfb analyze`` on stderr (the caller returns the status)."""
+    print(message, file=sys.stderr)
+
 def _ica_components(value: str) -> int | str | None:
     if value in ("auto", "none"):
         return None if value == "none" else value
@@ -296,7 +302,7 @@ def analyze_command(args: argparse.Namespace) -> int:
          "LOW HIGH in Hz with 0 <= LOW < HIGH"),
     ) if not ok]
     if bad:  # checked before hours of subject maps, not after
-        print(f"rtfb analyze: error: {'; '.join(bad)}")
+        _error(f"rtfb analyze: error: {'; '.join(bad)}")
         return 2
     options = {}
     if args.pipeline != "rtfb":
@@ -312,7 +318,7 @@ def analyze_command(args: argparse.Namespace) -> int:
             try:
                 atlas, desc = resolve_atlas(args.atlas, args.out)
             except (ValueError, OSError) as err:
-                print(f"rtfb analyze: error: {err}")
+                _error(f"rtfb analyze: error: {err}")
                 return 2
             atlas_note = (f"atlas {desc['Name']}: {desc['Regions']} regions ("
                           + "; ".join(str(desc[k]) for k in ("Reference", "Source", "License")
@@ -321,28 +327,28 @@ def analyze_command(args: argparse.Namespace) -> int:
     if args.seed_roi:
         seeds = dict(args.seed_roi)
         if len(seeds) < len(args.seed_roi):
-            print("rtfb analyze: error: --seed-roi: a seed name is given twice")
+            _error("rtfb analyze: error: --seed-roi: a seed name is given twice")
             return 2
         for name, value in seeds.items():
             if isinstance(value, str) and not Path(value).is_file():
-                print(f"rtfb analyze: error: --seed-roi {name}: no such file {value}")
+                _error(f"rtfb analyze: error: --seed-roi {name}: no such file {value}")
                 return 2
         options["seeds"] = seeds
     if args.input == "fmriprep":
         options.update(input="fmriprep", confounds=args.confounds or "simple")
     elif args.confounds is not None:
-        print("rtfb analyze: error: --confounds applies to --input fmriprep only")
+        _error("rtfb analyze: error: --confounds applies to --input fmriprep only")
         return 2
     normalise = args.normalise != "none"
     if normalise and args.input == "fmriprep":
-        print("rtfb analyze: error: --normalise applies to --input bids only (fMRIPrep's "
+        _error("rtfb analyze: error: --normalise applies to --input bids only (fMRIPrep's "
               "runs are already in MNI152NLin2009cAsym space)")
         return 2
     if args.normalise_from != "epi" and not normalise:
-        print("rtfb analyze: error: --normalise-from applies with --normalise only")
+        _error("rtfb analyze: error: --normalise-from applies with --normalise only")
         return 2
     if args.template_resolution < 1:
-        print(f"rtfb analyze: error: --template-resolution must be >= 1 mm, got "
+        _error(f"rtfb analyze: error: --template-resolution must be >= 1 mm, got "
               f"{args.template_resolution}")
         return 2
     if normalise:
@@ -353,7 +359,7 @@ def analyze_command(args: argparse.Namespace) -> int:
 
             template = load_template(args.normalise, args.template_resolution)
         except (ValueError, ImportError) as err:
-            print(f"rtfb analyze: error: --normalise {args.normalise}: {err}")
+            _error(f"rtfb analyze: error: --normalise {args.normalise}: {err}")
             return 2
     config = AnalysisConfig(**options) if options else None
     try:
@@ -361,20 +367,20 @@ def analyze_command(args: argparse.Namespace) -> int:
                                mismatched_runs=args.mismatched_runs, input=args.input,
                                same_grid=not normalise)
     except (BIDSError, ValueError) as err:
-        print(f"rtfb analyze: error: {err}")
+        _error(f"rtfb analyze: error: {err}")
         return 2
     if normalise and args.normalise_from == "t1w":
         from .template_space import find_t1w
 
         missing = [run.prefix for run in dataset.runs if find_t1w(run.path) is None]
         if missing:
-            print(f"rtfb analyze: error: --normalise-from t1w: no sub-XX/[ses-YY/]anat/"
+            _error(f"rtfb analyze: error: --normalise-from t1w: no sub-XX/[ses-YY/]anat/"
                   f"*_T1w.nii[.gz] for {', '.join(missing)}")
             return 2
     try:
         spec = _design_spec(args, dataset)
     except ValueError as err:
-        print(f"rtfb analyze: error: {err}")
+        _error(f"rtfb analyze: error: {err}")
         return 2
     for warning in dataset.warnings:
         print(f"warning: {warning}")
@@ -393,10 +399,10 @@ def analyze_command(args: argparse.Namespace) -> int:
                           n_workers=args.n_workers, overwrite=args.overwrite,
                           progress=not args.quiet)
     except (BIDSError, ConnectionError, ValueError) as err:
-        print(f"rtfb analyze: error: {err}")
+        _error(f"rtfb analyze: error: {err}")
         return 2
     except AnalysisError as err:
-        print(f"rtfb analyze: {err}")
+        _error(f"rtfb analyze: {err}")
         return 1
     print(f"{len(results)} runs -> {Path(args.out) / PIPELINE_NAME}")
     normalise_note, normalise_warnings = None, []
@@ -438,7 +444,7 @@ def analyze_command(args: argparse.Namespace) -> int:
                                        classify_permutations=args.classify_permutations,
                                        progress=step, **extra)
         except (ValueError, FileNotFoundError) as err:
-            print(f"rtfb analyze: group analysis: {err}")
+            _error(f"rtfb analyze: group analysis: {err}")
             return 2
         group.warnings[:0] = list(dataset.warnings) + normalise_warnings
         if normalise_note:

@@ -85,4 +85,4 @@ def test_bad_scheduler_address(tmp_path, capsys, planted_cohort):
     code = main(["analyze", str(bids), "--out", str(tmp_path / "d"), "--scheduler",
                  "tcp://127.0.0.1:9", "--quiet", "--no-group"])
     assert code == 2
-    assert "tcp://127.0.0.1:9" in capsys.readouterr().out
+    assert "tcp://127.0.0.1:9" in capsys.readouterr().err

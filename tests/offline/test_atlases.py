@@ -73,5 +73,5 @@ def test_unknown_atlas_refused_with_the_list(tmp_path, capsys):
     bids = write_tiny_cohort(tmp_path / "bids", 1, 0)
     code = main(["analyze", str(bids), "--out", str(tmp_path / "d"), "--atlas", "yeo7",
                  "--no-group", "--quiet"])
-    text = capsys.readouterr().out
+    text = capsys.readouterr().err
     assert code == 2 and "'yeo7'" in text and "dosenbach2010" in text

@@ -121,7 +121,7 @@ def test_cli_refuses_bad_vas_without_traceback(four, tmp_path):
                            "--quiet"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
-    assert f"{four / 'participants.tsv'}, line 3 (sub-02)" in proc.stdout
+    assert f"{four / 'participants.tsv'}, line 3 (sub-02)" in proc.stderr
     assert not (tmp_path / "d" / "rtfb").exists()  # refused before any work
 
 

@@ -104,5 +104,5 @@ def test_cli_pipeline_and_band(cohort, tmp_path):
     bad = subprocess.run([_rtfb(), "analyze", str(cohort), "--out", str(out), "--band", "0.1",
                           "0.01"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2
-    assert "--band must be LOW HIGH in Hz with 0 <= LOW < HIGH" in bad.stdout
+    assert "--band must be LOW HIGH in Hz with 0 <= LOW < HIGH" in bad.stderr
     assert "Traceback" not in bad.stdout + bad.stderr

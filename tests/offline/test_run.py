@@ -133,7 +133,7 @@ def test_cli_parser(cohort, tmp_path, capsys):
         ("tcp://127.0.0.1:1", 3, True, None)
     args = parser.parse_args(["analyze", str(tmp_path), "--out", str(tmp_path / "d")])
     assert args.func(args) == 2
-    assert "no functional run" in capsys.readouterr().out
+    assert "no functional run" in capsys.readouterr().err
 
 
 def test_cli_seed_rois(cohort, tmp_path, capsys):
@@ -179,7 +179,7 @@ def test_cli_seed_roi_missing_file(cohort, tmp_path, capsys):
 
     assert main(["analyze", str(cohort), "--out", str(tmp_path), "--seed-roi",
                  "pcc=nowhere.nii.gz"]) == 2
-    assert "--seed-roi pcc: no such file" in capsys.readouterr().out
+    assert "--seed-roi pcc: no such file" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("flag, value, message", [
@@ -192,5 +192,5 @@ def test_cli_group_options_checked_before_any_work(cohort, tmp_path, capsys, fla
     from rtfb.cli import main
 
     assert main(["analyze", str(cohort), "--out", str(tmp_path / "d"), flag, value]) == 2
-    assert message in capsys.readouterr().out
+    assert message in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
