@@ -645,67 +645,74 @@ class FolderWatcher:
         group.retry = True
         f.state = _GROUPED
         f.group = key
+        if len(group.parts) >= (group.n_parts or self._slice_counts.count(group.series) or
+                                math.inf):
+            self._try_group(key)  # the last slice: stack the volume now, not after the poll
 
     def _try_groups(self) -> None:
         for key in sorted(self._groups, key=lambda k: k[1]):
-            group = self._groups[key]
-            now = time.perf_counter()
-            if self._handoff.is_known(group.index):  # e.g. delivered from a copy meanwhile
-                self._finish_group(key, duplicate=True)
-                continue
-            if group.n_parts == 0:
-                group.n_parts = self._slice_counts.count(group.series)
-            if group.n_parts == 0 or len(group.parts) < group.n_parts:
-                if group.n_parts and not group.reported and \
-                        now - group.changed_at >= self.incomplete_timeout:
-                    group.reported = True
-                    logger.warning("volume %d: only %d of %d slices arrived (first %s); "
-                                   "waiting for the rest", group.index, len(group.parts),
-                                   group.n_parts, group.parts[min(group.parts)])
-                    self._handoff.count("truncated")
-                    self._handoff.orderer.note(group.index, "slices missing")
-                continue
-            if not group.retry and group.changed_at <= group.last_try:
-                continue
-            if group.last_try > group.changed_at and now - group.last_try < self.retry_interval:
-                continue
-            group.last_try = now
-            names = [group.parts[p] for p in sorted(group.parts)]
-            first = names[0]
-            t_read = time.perf_counter()
-            try:
-                volume = self._slice_reader([os.path.join(self.directory, n) for n in names])
-            except IncompleteFileError as err:
-                if now - group.changed_at >= self.incomplete_timeout:
-                    group.retry = False
-                    logger.warning("volume %d (%s...): truncated slices, still incomplete "
-                                   "%.1f s after the last change (%s)", group.index, first,
-                                   now - group.changed_at, err)
-                    if not group.reported:
-                        group.reported = True
-                        self._handoff.count("truncated")
-                    self._handoff.orderer.note(group.index,
-                                               f"slices of {shown_name(first)} truncated")
-                continue
-            except Exception as err:
+            self._try_group(key)
+
+    def _try_group(self, key: tuple) -> None:
+        """Stack and deliver the slices of one volume if they are all there."""
+        group = self._groups[key]
+        now = time.perf_counter()
+        if self._handoff.is_known(group.index):  # e.g. delivered from a copy meanwhile
+            self._finish_group(key, duplicate=True)
+            return
+        if group.n_parts == 0:
+            group.n_parts = self._slice_counts.count(group.series)
+        if group.n_parts == 0 or len(group.parts) < group.n_parts:
+            if group.n_parts and not group.reported and \
+                    now - group.changed_at >= self.incomplete_timeout:
+                group.reported = True
+                logger.warning("volume %d: only %d of %d slices arrived (first %s); "
+                               "waiting for the rest", group.index, len(group.parts),
+                               group.n_parts, group.parts[min(group.parts)])
+                self._handoff.count("truncated")
+                self._handoff.orderer.note(group.index, "slices missing")
+            return
+        if not group.retry and group.changed_at <= group.last_try:
+            return
+        if group.last_try > group.changed_at and now - group.last_try < self.retry_interval:
+            return
+        group.last_try = now
+        names = [group.parts[p] for p in sorted(group.parts)]
+        first = names[0]
+        t_read = time.perf_counter()
+        try:
+            volume = self._slice_reader([os.path.join(self.directory, n) for n in names])
+        except IncompleteFileError as err:
+            if now - group.changed_at >= self.incomplete_timeout:
                 group.retry = False
-                kind = "unreadable" if isinstance(err, IngestError) else "reader error"
-                logger.warning("volume %d (%s...): slices %s (%s: %s); ignored unless they "
-                               "change", group.index, first, kind, type(err).__name__, err)
-                self._handoff.count("unreadable")
-                continue
-            read = time.perf_counter()
-            self._check_stall(first, "reading the slices of", t_read)
-            for n in names:
-                if n in self._files:
-                    self._restamp(self._files[n], os.path.join(self.directory, n))
-            mtime = max((self._files[n].stamp[1] for n in names if n in self._files),
-                        default=None)
-            mtime = None if mtime is None else mtime / 1e9
-            complete = self._complete_time(mtime, group.changed_after, t_read)
-            self._finish_group(key)
-            self._deliver(volume, first, group.index, seen=group.first_seen,
-                          complete=complete, mtime=mtime, read=read, info=group.info)
+                logger.warning("volume %d (%s...): truncated slices, still incomplete "
+                               "%.1f s after the last change (%s)", group.index, first,
+                               now - group.changed_at, err)
+                if not group.reported:
+                    group.reported = True
+                    self._handoff.count("truncated")
+                self._handoff.orderer.note(group.index,
+                                           f"slices of {shown_name(first)} truncated")
+            return
+        except Exception as err:
+            group.retry = False
+            kind = "unreadable" if isinstance(err, IngestError) else "reader error"
+            logger.warning("volume %d (%s...): slices %s (%s: %s); ignored unless they "
+                           "change", group.index, first, kind, type(err).__name__, err)
+            self._handoff.count("unreadable")
+            return
+        read = time.perf_counter()
+        self._check_stall(first, "reading the slices of", t_read)
+        for n in names:
+            if n in self._files:
+                self._restamp(self._files[n], os.path.join(self.directory, n))
+        mtime = max((self._files[n].stamp[1] for n in names if n in self._files),
+                    default=None)
+        mtime = None if mtime is None else mtime / 1e9
+        complete = self._complete_time(mtime, group.changed_after, t_read)
+        self._finish_group(key)
+        self._deliver(volume, first, group.index, seen=group.first_seen,
+                      complete=complete, mtime=mtime, read=read, info=group.info)
 
     def _finish_group(self, key: tuple, duplicate: bool = False) -> None:
         group = self._groups.pop(key)

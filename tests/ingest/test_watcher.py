@@ -315,6 +315,30 @@ def test_slice_groups_assembled(tmp_path, make_watcher, caplog_ingest):
     assert SLICE_BYTES == slices[0, 0].nbytes
 
 
+def test_last_slice_stacks_its_volume_before_the_next_file_is_probed(tmp_path, make_watcher):
+    """A volume is stacked as soon as its last slice is probed, not after every other new
+    file of the same listing (here the first slice of the next volume)."""
+    for v, p in [(0, 0), (0, 1), (0, 2), (1, 0)]:
+        (tmp_path / f"ser_{v}_{p}.slc").write_bytes(np.full((4, 5), v, "<f4").tobytes())
+    calls = []
+
+    def probe(path):
+        calls.append(("probe", os.path.basename(path)))
+        return slice_probe(path)
+
+    def read(paths):
+        calls.append(("stack", tuple(os.path.basename(p) for p in paths)))
+        return slice_read(paths)
+
+    w = make_watcher(probe=probe, slice_reader=read)  # one listing finds all four files
+    item = w.get(timeout=5)
+    assert isinstance(item, Volume) and item.index == 0
+    wait_until(lambda: ("probe", "ser_1_0.slc") in calls)
+    stacked = ("stack", ("ser_0_0.slc", "ser_0_1.slc", "ser_0_2.slc"))
+    assert calls[:4] == [("probe", f"ser_0_{p}.slc") for p in range(3)] + [stacked]
+    assert calls[4] == ("probe", "ser_1_0.slc")
+
+
 def test_incomplete_slice_group_reported(tmp_path, make_watcher, caplog_ingest):
     (tmp_path / "ser_0_0.slc").write_bytes(np.zeros((4, 5), "<f4").tobytes())
     w = make_watcher(probe=slice_probe, incomplete_timeout=0.1)
