@@ -31,13 +31,14 @@ from ._dicom_common import (
     _positive_int,
     _private_value,
     _refuse_tiled,
+    _regular_step,
     _scaled,
     _series_key,
     _tm_seconds,
     _to_volume_layout,
     _tr_seconds,
 )
-from ._files import CONVERT_ADVICE, file_name, reading, source_name
+from ._files import file_name, reading, source_name
 from ._timing import checked_slice_timing
 from .volume import Volume
 
@@ -436,15 +437,5 @@ def _check_spacing(files: list[_Slice], positions: np.ndarray, along: np.ndarray
         i = int(np.argmin(gaps))
         raise IngestError(f"{files[i].name} and {files[i + 1].name}: two slices at the same "
                           f"position (duplicate slice, or slices of two volumes).")
-    median = float(np.median(gaps))
-    if np.abs(gaps - median).max() > _STACK_RTOL * median:
-        raise IngestError(f"{_names(files)}: uneven slice spacing (from {gaps.min():.3f} to "
-                          f"{gaps.max():.3f} mm along the slice normal): a slice is missing "
-                          f"or the files are not one stack.")
-    steps = np.diff(positions, axis=0)
-    off_axis = steps - np.outer(gaps, normal)
-    if np.linalg.norm(off_axis, axis=1).max() > _STACK_RTOL * median:
-        raise IngestError(f"{_names(files)}: slice positions do not follow the slice normal "
-                          f"(tilted or sheared stack): not supported; "
-                          f"{CONVERT_ADVICE}.")
-    return (positions[-1] - positions[0]) / (len(files) - 1)
+    return _regular_step(_names(files), positions, gaps, normal, _STACK_RTOL,
+                         "a slice is missing or the files are not one stack")
