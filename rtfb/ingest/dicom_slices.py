@@ -190,17 +190,18 @@ class _Slice:
     """What stacking needs of one checked single-slice file, read out of its header once.
 
     Built when the file arrives (:func:`preload_slice`, called by the watcher's probe), so
-    that stacking a volume when its last slice lands costs no header parsing and no pixel
-    decoding. A value that :func:`_stack` would refuse is kept as the error to raise
-    (``problems``): :func:`_stack` raises it at the point where it checks that value, so
-    the errors are the same as when the file is read at stacking time.
+    that stacking a volume when its last slice lands costs no pixel decoding and reads the
+    header of one slice only (the volume's header fields). A value that :func:`_stack` would
+    refuse is kept as the error to raise (``problems``): :func:`_stack` raises it at the
+    point where it checks that value, so the errors are the same as when the file is read
+    at stacking time.
     """
 
     name: str
+    ds: Dataset  # the header (pixel data dropped once read ahead, see preload_slice)
+    csa: dict | None  # Siemens CSA image header, if any
     series_uid: Any
     shape: tuple[int, int]
-    header_slices: int | None  # slices per volume the header says (None: not said)
-    thickness: float | None  # SpacingBetweenSlices, else SliceThickness (one-slice stacks)
     row: tuple[float, ...] = ()
     col: tuple[float, ...] = ()
     normal: np.ndarray | None = None
@@ -210,10 +211,6 @@ class _Slice:
     instance: int | None = None
     time: float | None = None  # AcquisitionTime, seconds after midnight
     data: np.ndarray | None = None  # scaled pixels, (rows, columns) float32
-    header: dict[str, Any] = field(default_factory=dict)  # _header() of the file
-    phase: str | None = None  # PhaseEncodingDirection (Siemens CSA)
-    tr: float | None = None
-    series: str | None = None
     problems: dict[str, Exception] = field(default_factory=dict)
 
     def need(self, what: str) -> None:
@@ -229,9 +226,7 @@ def _slice_of(f: _File, csa: dict | None) -> _Slice:
     ``csa`` is the Siemens CSA image header of the file (:func:`_kind`), or None.
     """
     ds, name = f.ds, f.name
-    s = _Slice(name, ds.get("SeriesInstanceUID"), (int(ds.Rows), int(ds.Columns)),
-               _slices_per_volume(ds),
-               _number(ds, "SpacingBetweenSlices") or _number(ds, "SliceThickness"))
+    s = _Slice(name, ds, csa, ds.get("SeriesInstanceUID"), (int(ds.Rows), int(ds.Columns)))
 
     def attempt(what: str, read: Callable[[], Any]) -> Any:
         try:
@@ -250,10 +245,6 @@ def _slice_of(f: _File, csa: dict | None) -> _Slice:
     s.instance = _number(ds, "InstanceNumber", int)
     s.time = _tm_seconds(ds.get("AcquisitionTime"))
     s.data = attempt("pixels", lambda: _scaled(ds, _pixels(f)))
-    s.header = _header(ds, "dicom-slices")
-    s.phase = _phase_encoding(ds, csa if _manufacturer(ds).startswith("SIEMENS") else None)
-    s.tr = _tr_seconds(ds)
-    s.series = _series_key(ds)
     return s
 
 
@@ -307,6 +298,7 @@ def preload_slice(path: str | os.PathLike) -> None:
         entry = _slice_of(f, csa)
     except Exception:  # noqa: BLE001 - incomplete or bad: the reader reports it when asked
         return
+    del f.ds.PixelData  # decoded and scaled in the entry: the cache keeps the header only
     if _file_key(path) != key:
         return  # changed while read
     _PRELOADED[key] = entry
@@ -323,7 +315,7 @@ def _read_dicom_slices(paths: list[Path]) -> Volume:
             entry = _read_slice(path)
         slices.append(entry)
         keys.append(key)
-    header_slices = slices[0].header_slices
+    header_slices = _slices_per_volume(slices[0].ds)
     if header_slices is not None and header_slices != len(slices):
         raise IngestError(f"{_names(slices)}: {len(slices)} slice file(s) given, the header "
                           f"says {header_slices} slices per volume.")
@@ -404,33 +396,36 @@ def _stack(slices: list[_Slice], n_slices: int) -> Volume:
     affine_lps[:3, 2] = step
     affine_lps[:3, 3] = positions[0]
     data, affine, _ = _to_volume_layout(data_rcs, affine_lps, normal)
-    top = slices[0]
+    ds = slices[0].ds
     index = indices.pop()
-    header = dict(top.header)
+    header = _header(ds, "dicom-slices")
     header["NumberOfSlices"] = len(slices)
     header.pop("InstanceNumber", None)
     instances = [s.instance for s in slices]
     if None not in instances:
         header["InstanceNumber"] = min(instances)
-    if top.phase is not None:
-        header["PhaseEncodingDirection"] = top.phase
+    phase = _phase_encoding(ds, slices[0].csa if _manufacturer(ds).startswith("SIEMENS")
+                            else None)
+    if phase is not None:
+        header["PhaseEncodingDirection"] = phase
     times = [s.time for s in slices if s.time is not None]
     if len(times) == len(slices) > 1:  # classic series: each slice stamped (all equal: unknown)
-        timing = checked_slice_timing(times, top.tr, name)
+        timing = checked_slice_timing(times, _tr_seconds(ds), name)
         if timing is not None:
             header["SliceTiming"] = timing
     logger.debug("%s: %d DICOM slice file(s), volume %d, shape %s", _names(slices),
                  len(slices), index, data.shape)
     return Volume(data=data, affine=affine, index=index,
-                  acquisition_time=min(times) if times else None, tr=top.tr,
-                  source=source_name(top.name), series=top.series, header=header)
+                  acquisition_time=min(times) if times else None, tr=_tr_seconds(ds),
+                  source=source_name(slices[0].name), series=_series_key(ds), header=header)
 
 
 def _check_spacing(files: list[_Slice], positions: np.ndarray, along: np.ndarray,
                    normal: np.ndarray) -> np.ndarray:
     """Step vector between sorted slices after checking the stack is regular (LPS mm)."""
     if len(files) == 1:
-        thickness = files[0].thickness
+        ds = files[0].ds
+        thickness = _number(ds, "SpacingBetweenSlices") or _number(ds, "SliceThickness")
         return normal * (thickness if thickness and thickness > 0 else 1.0)
     gaps = np.diff(along)
     if gaps.min() <= 1e-3:
