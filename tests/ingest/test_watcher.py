@@ -412,6 +412,17 @@ def test_missing_directory_then_created(tmp_path, make_watcher, caplog_ingest):
     assert_volume(w.get(timeout=5), 0)
 
 
+def test_file_renamed_into_the_folder_is_listed_before_the_next_poll(tmp_path, make_watcher):
+    """The folder's mtime changes when a file is renamed into it: listed then, not at the
+    next poll (here 60 s away; the bound below is generous and only fails without it)."""
+    (tmp_path / "junk_00009.nii").write_bytes(b"x" * 400)  # unreadable: marks the 1st listing
+    w = make_watcher(poll_interval=60.0)
+    wait_until(lambda: w.stats.unreadable == 1)
+    (tmp_path / ".incoming").write_bytes(nii_bytes(vol_data(0)))
+    os.replace(tmp_path / ".incoming", tmp_path / fname(0))
+    assert_volume(w.get(timeout=20), 0)
+
+
 def test_lifecycle(tmp_path):
     w = FolderWatcher(tmp_path, probe=nii_probe, reader=nii_read, slice_reader=slice_read)
     assert not w.running and "stopped" in repr(w)
@@ -439,6 +450,7 @@ def test_volumes_waiting_behind_a_gap_released_at_stop(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, err", [({"poll_interval": 0}, ValueError),
+                                         ({"change_interval": -1}, ValueError),
                                          ({"queue_size": 0}, ValueError),
                                          ({"series": 3}, TypeError),
                                          ({"pattern": 3}, TypeError)])
