@@ -146,7 +146,8 @@ def _run_cohort(parser, args) -> int:
 
 
 def _run_stream(parser, args) -> int:
-    from .stream import parse_fault_value, stream
+    from .faults import parse_fault_value
+    from .stream import stream
 
     faults = {}
     try:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .stream import NiftiSource
+from .sources import NiftiSource
 
 __all__ = ["ClassicDicomSource", "EnhancedDicomSource", "dicom_geometry"]
 

@@ -57,477 +57,30 @@ seconds, on :func:`time.perf_counter`); see :func:`stream` for the fields.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import heapq
-import hmac
-import io
 import json
 import os
-import re
-import select
-import socket
-import struct
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import numpy as np
 
 from .clock import TimingReport, TRClock
+from .faults import ACTIONS, FAULT_TYPES, corrupt_bytes, plan_faults
+from .sources import DicomSource, NiftiSource, Rendered, chunk_bounds, load_source
+from .tcp_sender import TcpSink, parse_tcp_address, read_key
 
-__all__ = [
-    "FAULT_TYPES", "MANIFEST_VERSION", "DicomSource", "NiftiSource", "encode_frame",
-    "load_source", "parse_fault_value", "plan_faults", "stream",
-]
+__all__ = ["MANIFEST_VERSION", "stream"]
 
-#: Fault types, in order of precedence when a volume is drawn for several.
-FAULT_TYPES = ("drop", "truncate", "corrupt", "shuffle", "delay", "duplicate")
-#: Action recorded for a volume, per fault (``written`` when no fault).
-ACTIONS = {"drop": "dropped", "truncate": "truncated", "corrupt": "corrupted",
-           "shuffle": "shuffled", "delay": "delayed", "duplicate": "duplicated"}
 MANIFEST_VERSION = 1
-TCP_MAGIC = b"RTFB"
-TCP_VERSION = 2
-_TCP_NONCE = 16
-_TCP_HELLO = 24  # magic, version (u32 big-endian), nonce
-_TCP_DTYPES = {"<u1", "<i2", "<u2", "<i4", "<f4", "<f8"}
-_NIFTI_HEADER_BYTES = 348
-_DICOM_META_START = 128
-_SIEMENS_NAME = re.compile(r"^(\d+)_(\d+)_(\d+)\.dcm$", re.IGNORECASE)
-_GE_NAME = re.compile(r"^i(\d+)\.MRDC\.(\d+)$")
-_ABSENT = object()
-
-
-# ----------------------------------------------------------------------------------------
-# sources
-# ----------------------------------------------------------------------------------------
-@dataclass
-class _Rendered:
-    """One output volume, ready to send: files (name, bytes) or one TCP frame."""
-
-    files: list[tuple[str, bytes]] = field(default_factory=list)
-    frame: dict | None = None  # TCP: arguments of encode_frame (framed when sent)
-
-
-class NiftiSource:
-    """A 4D NIfTI run (a file, or a ``write_subject`` folder holding ``bold.nii.gz``)."""
-
-    kind = "nifti"
-
-    def __init__(self, path: str | Path) -> None:
-        import nibabel as nib
-
-        path = Path(path)
-        if path.is_dir():
-            path = path / "bold.nii.gz"
-        self.path = path
-        img = nib.load(str(path))
-        if len(img.shape) != 4:
-            raise ValueError(f"{path} is not a 4D NIfTI image (shape {img.shape}).")
-        self._img = img
-        self.affine = np.asarray(img.affine, dtype=np.float64)
-        self.shape = tuple(int(s) for s in img.shape[:3])
-        self.n_volumes = int(img.shape[3])
-        self._data: np.ndarray | None = None
-        zooms = img.header.get_zooms()
-        tr = float(zooms[3]) if len(zooms) > 3 else 0.0
-        unit = img.header.get_xyzt_units()[1]
-        tr *= {"msec": 1e-3, "usec": 1e-6}.get(unit, 1.0)
-        self.tr = tr if np.isfinite(tr) and tr > 0 else None
-
-    def volume(self, k: int) -> np.ndarray:
-        """Source volume ``k`` (0-based) as float32, shape (X, Y, Z)."""
-        if self._data is None:  # load once: the whole run is read anyway when looping
-            self._data = np.asarray(self._img.get_fdata(dtype=np.float32), dtype=np.float32)
-        return self._data[..., k]
-
-    files_per_volume = 1
-
-    @staticmethod
-    def names(volume: int) -> list[str]:
-        """File name of output volume ``volume`` (1-based): ``["vol_NNNNN.nii"]``."""
-        return [f"vol_{volume:05d}.nii"]
-
-    def render_files(self, volume: int, tr: float) -> list[tuple[str, bytes]]:
-        """Files of output volume ``volume`` (1-based): ``[("vol_NNNNN.nii", bytes)]``."""
-        import nibabel as nib
-
-        data = np.ascontiguousarray(self.volume((volume - 1) % self.n_volumes))
-        img = nib.Nifti1Image(data, self.affine)
-        img.set_qform(self.affine, code=1)
-        img.set_sform(self.affine, code=1)
-        img.header.set_data_dtype(np.float32)
-        img.header.set_xyzt_units("mm", "sec")
-        img.header["pixdim"][4] = float(tr)
-        return [(self.names(volume)[0], img.to_bytes())]
-
-    def render_frame(self, volume: int, tr: float, acquisition_time: float | None,
-                     series: str | None) -> dict:
-        """Arguments of :func:`encode_frame` for output volume ``volume`` (1-based)."""
-        data = self.volume((volume - 1) % self.n_volumes)
-        return dict(data=data, affine=self.affine, index=volume - 1, tr=tr,
-                    acquisition_time=acquisition_time, series=series)
-
-
-def _dicom_files(folder: Path):
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    out = []
-    for path in sorted(p for p in folder.iterdir() if p.is_file()):
-        if path.name.startswith("."):
-            continue
-        try:
-            ds = pydicom.dcmread(str(path))
-        except (InvalidDicomError, OSError, ValueError, EOFError):
-            continue  # masks, notes, ... next to the images
-        if "PixelData" in ds:
-            out.append((path, ds))
-    return out
-
-
-def _shift_tm(value, seconds: float):
-    """Add ``seconds`` to a DICOM TM string (``HHMMSS.ffffff``); empty stays empty."""
-    text = str(value or "").strip()
-    m = re.fullmatch(r"(\d{2})(\d{2})?(\d{2})?(\.\d+)?", text)
-    if not m:
-        return value
-    total = (int(m.group(1)) * 3600 + int(m.group(2) or 0) * 60 + int(m.group(3) or 0)
-             + float(m.group(4) or 0.0) + seconds) % 86400.0
-    hh, rest = divmod(total, 3600.0)
-    mm, ss = divmod(rest, 60.0)
-    return f"{int(hh):02d}{int(mm):02d}{ss:09.6f}"
-
-
-class DicomSource:
-    """A recorded DICOM series: Siemens real-time mosaics (one file per volume) or slices.
-
-    Files are ordered by (AcquisitionNumber, InstanceNumber); the number of slices per
-    volume is the number of distinct ImagePositionPatient values (1 for mosaics).
-    """
-
-    kind = "dicom"
-
-    def __init__(self, folder: str | Path) -> None:
-        self.path = Path(folder)
-        found = _dicom_files(self.path)
-        if not found:
-            raise ValueError(f"no DICOM image file in {self.path}.")
-        series = {str(ds.get("SeriesInstanceUID", "")) for _, ds in found}
-        if len(series) > 1:
-            raise ValueError(f"{self.path} holds {len(series)} series "
-                             f"({sorted(series)}); replay one series per folder.")
-
-        def _key(item):
-            ds = item[1]
-            return (int(ds.get("AcquisitionNumber") or 0), int(ds.get("InstanceNumber") or 0),
-                    item[0].name)
-
-        found.sort(key=_key)
-        positions = {tuple(np.round(np.asarray(ds.get("ImagePositionPatient", [0, 0, 0]),
-                                               dtype=float), 3)) for _, ds in found}
-        n_slices = len(positions)
-        if len(found) % n_slices:
-            raise ValueError(f"{self.path}: {len(found)} files are not a whole number of "
-                             f"volumes of {n_slices} slices.")
-        self.n_slices = n_slices
-        self.mosaic = n_slices == 1
-        self.n_volumes = len(found) // n_slices
-        self._paths = [p for p, _ in found]
-        self._datasets = [ds for _, ds in found]
-        first = self._datasets[0]
-        self.series_number = int(first.get("SeriesNumber") or 1)
-        self.series_uid = str(first.get("SeriesInstanceUID", "")) or None
-        tr_ms = first.get("RepetitionTime")
-        self.tr = float(tr_ms) / 1000.0 if tr_ms not in (None, "") and float(tr_ms) > 0 \
-            else None
-        acq = [int(ds.get("AcquisitionNumber") or 0) for ds in self._datasets]
-        per_volume = [acq[v * n_slices] for v in range(self.n_volumes)]
-        self.numbers_acquisitions = self.mosaic or (
-            len(set(per_volume)) == self.n_volumes and self.n_volumes > 1)
-        self._instance0 = int(first.get("InstanceNumber") or 1)
-        m = _SIEMENS_NAME.match(self._paths[0].name)
-        self._prefix = m.group(1) if m else "001"
-        ge = [_GE_NAME.match(p.name) for p in self._paths]
-        self._ge_base = None
-        if not self.mosaic and all(ge):
-            # i<counter>.MRDC.<instance>: counter - instance is constant in a GE export
-            self._ge_base = int(ge[0].group(1)) - int(ge[0].group(2))
-        self._raw: dict[int, bytes] = {}
-
-    @property
-    def files_per_volume(self) -> int:
-        """Files written per volume."""
-        return self.n_slices
-
-    def _instance(self, volume: int, slice_index: int) -> int:
-        if self.mosaic:
-            return volume
-        return self._instance0 + (volume - 1) * self.n_slices + slice_index
-
-    def names(self, volume: int) -> list[str]:
-        """File names of output volume ``volume`` (1-based), in writing order."""
-        return [self._name(volume, s + 1, self._instance(volume, s))
-                for s in range(self.n_slices)]
-
-    def _name(self, volume: int, slice_: int, instance: int) -> str:
-        if self.mosaic:
-            return f"{self._prefix}_{self.series_number:06d}_{volume:06d}.dcm"
-        if self._ge_base is not None:
-            return f"i{self._ge_base + instance}.MRDC.{instance}"
-        return f"{self.series_number:06d}_{volume:06d}_{slice_:04d}.dcm"
-
-    def render_files(self, volume: int, tr: float) -> list[tuple[str, bytes]]:
-        """Files of output volume ``volume`` (1-based), renumbered as a continuing run."""
-        import pydicom
-        from pydicom.uid import generate_uid
-
-        src_vol = (volume - 1) % self.n_volumes
-        loop = (volume - 1) // self.n_volumes
-        files = []
-        for s in range(self.n_slices):
-            i = src_vol * self.n_slices + s
-            ds = self._datasets[i]
-            instance = self._instance(volume, s)
-            acquisition = volume if self.numbers_acquisitions else ds.get("AcquisitionNumber")
-            name = self._name(volume, s + 1, instance)
-            unchanged = (loop == 0 and int(ds.get("InstanceNumber") or 0) == instance
-                         and (not self.numbers_acquisitions
-                              or int(ds.get("AcquisitionNumber") or 0) == volume))
-            if unchanged:
-                if i not in self._raw:
-                    self._raw[i] = self._paths[i].read_bytes()
-                files.append((name, self._raw[i]))
-                continue
-            # modify in place, write, restore (much faster than a deep copy)
-            changes = {"InstanceNumber": instance}
-            if acquisition not in (None, ""):
-                changes["AcquisitionNumber"] = int(acquisition)
-            meta_changes = {}
-            if loop:
-                uid = generate_uid(entropy_srcs=[str(ds.SOPInstanceUID), str(volume)])
-                changes["SOPInstanceUID"] = uid
-                if getattr(ds, "file_meta", None) is not None:
-                    meta_changes["MediaStorageSOPInstanceUID"] = uid
-                shift = loop * self.n_volumes * float(tr)
-                for keyword in ("AcquisitionTime", "ContentTime"):
-                    if keyword in ds and str(ds.get(keyword) or ""):
-                        changes[keyword] = _shift_tm(ds.get(keyword), shift)
-            saved = [(target, kw, target[kw].value if kw in target else _ABSENT)
-                     for target, todo in ((ds, changes), (getattr(ds, "file_meta", None),
-                                                           meta_changes))
-                     for kw in todo]
-            buf = io.BytesIO()
-            try:
-                for kw, value in changes.items():
-                    setattr(ds, kw, value)
-                for kw, value in meta_changes.items():
-                    setattr(ds.file_meta, kw, value)
-                pydicom.dcmwrite(buf, ds)
-            finally:
-                for target, kw, value in saved:
-                    if value is _ABSENT:
-                        if kw in target:
-                            del target[kw]
-                    else:
-                        target[kw].value = value
-            files.append((name, buf.getvalue()))
-        return files
-
-
-def load_source(source: str | Path) -> NiftiSource | DicomSource:
-    """Open ``source``: a 4D NIfTI file, a ``write_subject`` folder or a DICOM folder."""
-    path = Path(source)
-    if not path.exists():
-        raise FileNotFoundError(f"source {path} does not exist.")
-    if path.is_file():
-        if path.name.endswith((".nii", ".nii.gz")):
-            return NiftiSource(path)
-        raise ValueError(f"source file {path} is not a NIfTI file (.nii/.nii.gz); for "
-                         "DICOM give the folder of the series.")
-    if (path / "bold.nii.gz").is_file():
-        return NiftiSource(path / "bold.nii.gz")
-    return DicomSource(path)
-
-
-# ----------------------------------------------------------------------------------------
-# TCP framing (docs/tcp_protocol.md, version 2)
-# ----------------------------------------------------------------------------------------
-def _hmac(key: bytes, *parts: bytes):
-    mac = hmac.new(key, b"", hashlib.sha256)
-    for part in parts:
-        mac.update(part)
-    return mac
-
-
-def encode_frame(data: np.ndarray, affine: np.ndarray, index: int, *, tr: float | None,
-                 acquisition_time: float | None = None, series: str | None = None,
-                 key: bytes = b"", nonce: bytes = bytes(_TCP_NONCE),
-                 seq: int = 0) -> tuple[bytes, int]:
-    """One TCP frame: magic, header length (u32 big-endian), JSON header, header tag,
-    C-order payload, frame tag (HMAC-SHA256 with ``key`` and the connection's ``nonce``).
-
-    Returns
-    -------
-    frame : bytes
-    header_bytes : int
-        Bytes before the payload (prefix, header and header tag).
-    """
-    arr = np.asarray(data)
-    if arr.ndim != 3:
-        raise ValueError(f"a frame carries a 3D volume, got shape {arr.shape}.")
-    dtype = arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype
-    arr = np.ascontiguousarray(arr, dtype=dtype)
-    if arr.dtype.str not in _TCP_DTYPES:
-        arr = arr.astype("<f4")
-    payload = arr.tobytes(order="C")
-    header = {
-        "version": TCP_VERSION,
-        "seq": int(seq),
-        "index": int(index),
-        "shape": [int(s) for s in arr.shape],
-        "dtype": arr.dtype.str,
-        "nbytes": len(payload),
-        "affine": np.asarray(affine, dtype=float).tolist(),
-        "tr": None if tr is None else float(tr),
-        "acquisition_time": None if acquisition_time is None else float(acquisition_time),
-        "series": series,
-    }
-    head = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    prefix = TCP_MAGIC + struct.pack(">I", len(head))
-    head_tag = _hmac(key, b"rtfb tcp v2 header\0", nonce, prefix, head).digest()
-    frame_tag = _hmac(key, b"rtfb tcp v2 frame\0", nonce, prefix, head, payload).digest()
-    before = prefix + head + head_tag
-    return before + payload + frame_tag, len(before)
-
-
-def read_key(key: bytes | str | os.PathLike | None) -> bytes:
-    """The key as bytes: given, read from a key file (64 hex characters), or ``b""``."""
-    if key is None:
-        return b""
-    if isinstance(key, bytes):
-        return key
-    text = Path(key).read_text().strip()
-    if not re.fullmatch(r"[0-9a-fA-F]{64}", text):
-        raise ValueError(f"key file {key} does not hold a key (64 hexadecimal characters).")
-    return bytes.fromhex(text)
-
-
-def _parse_tcp(to: str) -> tuple[str, int] | None:
-    if not str(to).startswith("tcp://"):
-        return None
-    parts = urlsplit(str(to))
-    if not parts.hostname or parts.port is None:
-        raise ValueError(f"bad TCP address {to!r}; expected tcp://HOST:PORT.")
-    return parts.hostname, parts.port
-
-
-# ----------------------------------------------------------------------------------------
-# fault plan
-# ----------------------------------------------------------------------------------------
-def parse_fault_value(text: str) -> float | list[int]:
-    """Parse a command-line fault value: a rate in [0, 1) or 1-based volume numbers.
-
-    ``"0.1"`` -> 0.1; ``"5,17"`` -> [5, 17]; ``"5"`` -> [5]; ``"0"`` -> 0.0.
-    """
-    text = str(text).strip()
-    if "," in text or re.fullmatch(r"[1-9]\d*", text):
-        try:
-            vols = [int(v) for v in text.split(",") if v.strip()]
-        except ValueError as err:
-            raise ValueError(f"bad volume list {text!r}; expected e.g. 5,17.") from err
-        if not vols or min(vols) < 1:
-            raise ValueError(f"volume numbers are 1-based, got {text!r}.")
-        return vols
-    try:
-        rate = float(text)
-    except ValueError as err:
-        raise ValueError(f"bad fault value {text!r}: a rate in [0, 1) or volume numbers "
-                         "like 5,17.") from err
-    if not 0.0 <= rate < 1.0:
-        raise ValueError(f"a fault rate must lie in [0, 1), got {text!r}.")
-    return rate
-
-
-def plan_faults(n_volumes: int, faults: Mapping[str, float | Sequence[int]] | None,
-                seed: int = 0) -> dict[int, tuple[str, int | None]]:
-    """Assign at most one fault to each volume.
-
-    Parameters
-    ----------
-    n_volumes : int
-        Number of volumes streamed.
-    faults : mapping
-        Fault type (:data:`FAULT_TYPES`) to a rate in [0, 1) or to 1-based volume numbers.
-        Explicit numbers are applied first and must not conflict (one fault per volume;
-        a shuffled volume needs an unfaulted next volume); rates are then drawn per volume
-        with ``numpy.random.default_rng(seed)``, type by type in precedence order, a
-        volume already faulted being left alone.
-    seed : int
-        Seed of the rate draws.
-
-    Returns
-    -------
-    dict of int to (str, int | None)
-        Volume number -> (fault type, partner volume for ``shuffle`` else ``None``). Both
-        volumes of a swapped pair are present.
-    """
-    faults = dict(faults or {})
-    unknown = set(faults) - set(FAULT_TYPES)
-    if unknown:
-        raise ValueError(f"unknown fault types {sorted(unknown)}; known: {list(FAULT_TYPES)}.")
-    plan: dict[int, tuple[str, int | None]] = {}
-    spec = {k: (parse_fault_value(v) if isinstance(v, str) else v) for k, v in faults.items()}
-
-    def _assign(v, kind):
-        if kind == "shuffle":
-            plan[v] = ("shuffle", v + 1)
-            plan[v + 1] = ("shuffle", v)
-        else:
-            plan[v] = (kind, None)
-
-    for kind in FAULT_TYPES:
-        value = spec.get(kind)
-        if value is None or np.isscalar(value):
-            continue
-        for v in sorted({int(x) for x in value}):
-            if not 1 <= v <= n_volumes:
-                raise ValueError(f"{kind}: volume {v} is outside 1..{n_volumes}.")
-            if v in plan:
-                raise ValueError(f"volume {v} has two faults ({plan[v][0]} and {kind}).")
-            if kind == "shuffle":
-                if v == n_volumes:
-                    raise ValueError(f"shuffle: volume {v} is the last one; nothing to swap.")
-                if v + 1 in plan:
-                    raise ValueError(f"shuffle: volume {v + 1}, the partner of {v}, already "
-                                     f"has a fault ({plan[v + 1][0]}).")
-            _assign(v, kind)
-    rng = np.random.default_rng(seed)
-    for kind in FAULT_TYPES:
-        value = spec.get(kind)
-        if value is None or not np.isscalar(value):
-            continue
-        rate = float(value)
-        if not 0.0 <= rate < 1.0:
-            raise ValueError(f"{kind}: a rate must lie in [0, 1), got {rate!r}.")
-        draws = rng.random(n_volumes)
-        for v in range(1, n_volumes + 1):
-            if draws[v - 1] >= rate or v in plan:
-                continue
-            if kind == "shuffle" and (v == n_volumes or v + 1 in plan):
-                continue
-            _assign(v, kind)
-    return dict(sorted(plan.items()))
 
 
 # ----------------------------------------------------------------------------------------
 # sinks
 # ----------------------------------------------------------------------------------------
-def _chunk_bounds(size: int, chunks: int) -> list[int]:
-    return [round(size * i / chunks) for i in range(chunks + 1)]
 
 
 class _FolderSink:
@@ -538,7 +91,7 @@ class _FolderSink:
     def deliver(self, name: str, content: bytes, limit: int, chunks: int,
                 pause: Callable[[], bool], retry: bool = True) -> dict:
         """Write ``content[:limit]`` in chunks under ``name``; returns bytes written."""
-        bounds = _chunk_bounds(len(content), chunks)
+        bounds = chunk_bounds(len(content), chunks)
         written = 0
         stopped = False
         # buffering=0: every write() is a system call, visible to a watcher at once
@@ -562,153 +115,6 @@ class _FolderSink:
         pass
 
 
-class _TcpSink:
-    """Framing v2 sender: greeting, tagged frames, signed acknowledgements."""
-
-    def __init__(self, host: str, port: int, connect_timeout: float,
-                 stop_event: threading.Event | None, log: Callable[[str], None],
-                 key: bytes = b"") -> None:
-        self.host, self.port = host, port
-        self.connect_timeout = float(connect_timeout)
-        self.stop_event = stop_event
-        self.log = log
-        self.key = key
-        self.sock: socket.socket | None = None
-        self.nonce = b""
-        self.seq = 0
-        self.connections = 0
-        self._inbox = bytearray()
-        #: (connection, seq) -> volume index of the frames sent; -> ack when answered
-        self.sent: dict[tuple[int, int], int] = {}
-        self.acks: dict[tuple[int, int], dict] = {}
-        self.bad_acks = 0
-
-    def _read_acks(self, timeout: float = 0.0) -> bool:
-        """Read what the receiver sent; False when it closed the connection."""
-        deadline = time.monotonic() + timeout
-        while self.sock is not None:
-            if timeout > 0.0 and all(k in self.acks for k in self.sent
-                                     if k[0] == self.connections):
-                return True  # every complete frame of this connection is acknowledged
-            try:
-                readable, _, _ = select.select(
-                    [self.sock], [], [], max(0.0, deadline - time.monotonic()))
-                if not readable:
-                    return True
-                chunk = self.sock.recv(65536)
-            except OSError:
-                return False
-            if not chunk:
-                return False
-            self._inbox += chunk
-            while b"\n" in self._inbox:
-                line, _, rest = bytes(self._inbox).partition(b"\n")
-                self._inbox = bytearray(rest)
-                text, _, tag = line.rpartition(b" ")
-                expected = _hmac(self.key, b"rtfb tcp v2 ack\0", self.nonce,
-                                 text).hexdigest().encode()
-                try:
-                    ack = json.loads(text) if hmac.compare_digest(tag, expected) else None
-                except ValueError:
-                    ack = None
-                if not isinstance(ack, dict) or not isinstance(ack.get("seq"), int):
-                    self.bad_acks += 1
-                    continue
-                self.acks[(self.connections, ack["seq"])] = ack
-        return self.sock is not None
-
-    def connect(self) -> bool:
-        deadline = time.monotonic() + self.connect_timeout
-        delay = 0.02
-        while True:
-            if self.stop_event is not None and self.stop_event.is_set():
-                return False
-            try:
-                sock = socket.create_connection((self.host, self.port), timeout=5.0)
-                hello = b""
-                while len(hello) < _TCP_HELLO:
-                    chunk = sock.recv(_TCP_HELLO - len(hello))
-                    if not chunk:
-                        raise ConnectionError("closed before its greeting")
-                    hello += chunk
-                if hello[:4] != TCP_MAGIC or struct.unpack(">I", hello[4:8])[0] != TCP_VERSION:
-                    sock.close()
-                    raise ConnectionError(f"not an rtfb framing v{TCP_VERSION} receiver")
-            except OSError as err:
-                if time.monotonic() >= deadline:
-                    self.log(f"cannot connect to tcp://{self.host}:{self.port}: {err}")
-                    return False
-                time.sleep(delay)
-                delay = min(delay * 2, 0.5)
-                continue
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.sock, self.nonce, self.seq = sock, hello[8:], 0
-            self._inbox.clear()
-            self.connections += 1
-            return True
-
-    def close(self, wait_acks: float = 0.0) -> None:
-        if self.sock is not None:
-            if wait_acks > 0:
-                self._read_acks(wait_acks)
-            try:
-                self.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            self.sock.close()
-            self.sock = None
-
-    def deliver(self, name: str, content: dict, limit: float, chunks: int,
-                pause: Callable[[], bool], retry: bool = True,
-                damage: Callable[[bytes, int], bytes] | None = None) -> dict:
-        """Frame ``content`` (encode_frame arguments) for the current connection and send
-        its first ``limit`` fraction of bytes (1.0: whole), ``damage``-d if given.
-        """
-        resent = False
-        for attempt in range(2 if retry else 1):
-            if self.sock is not None and not self._read_acks():
-                self.log("receiver closed the connection; reconnecting")
-                self.close()
-            if self.sock is None and not self.connect():
-                return {"bytes_written": 0, "stopped": False, "error": "not connected",
-                        "connection": None, "resent": resent, "size": 0}
-            frame, head = encode_frame(**content, key=self.key, nonce=self.nonce,
-                                       seq=self.seq)
-            if damage is not None:
-                frame = damage(frame, head)
-            size = len(frame)
-            stop_at = size if limit >= 1.0 else max(1, int(size * limit))
-            bounds = _chunk_bounds(size, chunks)
-            sent = 0
-            key = (self.connections, self.seq)
-            self.seq += 1
-            try:
-                for i in range(chunks):
-                    lo, hi = bounds[i], min(bounds[i + 1], stop_at)
-                    if hi > lo:
-                        self.sock.sendall(memoryview(frame)[lo:hi])
-                        sent += hi - lo
-                    if hi >= stop_at or i == chunks - 1:
-                        break
-                    if not pause():
-                        return {"bytes_written": sent, "stopped": True, "size": size,
-                                "connection": key[0], "seq": key[1], "resent": resent}
-            except OSError as err:
-                self.log(f"connection lost ({err}); reconnecting")
-                self.close()
-                if attempt == 0 and retry:
-                    resent = True
-                    continue
-                return {"bytes_written": sent, "stopped": False, "error": str(err),
-                        "size": size, "connection": key[0], "seq": key[1], "resent": resent}
-            if sent == size:
-                self.sent[key] = content["index"]
-            self._read_acks()
-            return {"bytes_written": sent, "stopped": False, "size": size,
-                    "connection": key[0], "seq": key[1], "resent": resent}
-        raise AssertionError("unreachable")  # pragma: no cover
-
-
 # ----------------------------------------------------------------------------------------
 # the stream
 # ----------------------------------------------------------------------------------------
@@ -724,12 +130,12 @@ class _Event:
 class _Prefetcher:
     """Render output volumes ahead of time in a background thread (bounded)."""
 
-    def __init__(self, render: Callable[[int], _Rendered], order: list[int],
+    def __init__(self, render: Callable[[int], Rendered], order: list[int],
                  ahead: int = 3) -> None:
         self._render = render
         self._order = order
         self._ahead = max(2, int(ahead))
-        self._ready: dict[int, _Rendered] = {}
+        self._ready: dict[int, Rendered] = {}
         self._error: BaseException | None = None
         self._done = False
         self._cond = threading.Condition()
@@ -756,7 +162,7 @@ class _Prefetcher:
                 self._error = err
                 self._cond.notify_all()
 
-    def get(self, v: int) -> _Rendered:
+    def get(self, v: int) -> Rendered:
         with self._cond:
             while v not in self._ready:
                 if self._error is not None:
@@ -777,23 +183,6 @@ class _Prefetcher:
             self._cond.notify_all()
         if self._thread.is_alive():
             self._thread.join(timeout=5.0)
-
-
-def _corrupt(content: bytes, mode: str, rng: np.random.Generator, kind: str,
-             header_bytes: int = 0) -> bytes:
-    if mode == "random":
-        return rng.bytes(len(content))
-    out = bytearray(content)
-    if kind == "tcp":  # magic and length kept, JSON header garbled
-        lo, hi = 8, header_bytes
-    elif kind == "nifti":
-        lo, hi = 0, min(_NIFTI_HEADER_BYTES, len(out))
-    else:  # DICOM: 'DICM' magic and the file meta group
-        lo, hi = _DICOM_META_START, min(_DICOM_META_START + 256, len(out))
-    out[lo:hi] = rng.bytes(hi - lo)
-    if kind == "dicom" and hi - lo >= 4 and out[lo:lo + 4] == b"DICM":
-        out[lo:lo + 4] = b"XXXX"  # pragma: no cover - astronomically unlikely
-    return bytes(out)
 
 
 def _copy_name(name: str) -> str:
@@ -921,7 +310,7 @@ def stream(
     """
     log = log or (lambda _msg: None)
     src = source if isinstance(source, NiftiSource | DicomSource) else load_source(source)
-    tcp = _parse_tcp(str(to))
+    tcp = parse_tcp_address(str(to))
     if tcp is not None and src.kind != "nifti":
         raise ValueError("TCP output needs a NIfTI source (the frame carries a 3D array "
                          "and its affine); replay DICOM to a folder instead.")
@@ -1043,7 +432,7 @@ def stream(
     doc["faults"]["requested"] = _json_faults(doc["faults"]["requested"])
 
     if tcp:
-        sink = _TcpSink(tcp[0], tcp[1], connect_timeout, stop_event, log,
+        sink = TcpSink(tcp[0], tcp[1], connect_timeout, stop_event, log,
                         key=read_key(key))
     else:
         sink = _FolderSink(Path(to))
@@ -1051,17 +440,17 @@ def stream(
             log(f"warning: output folder {Path(to)} is not empty; files of the same "
                 "names are overwritten")
     clock = TRClock(interval, start_delay=0.0, stop_event=stop_event)
-    cache: dict[int, _Rendered] = {}
+    cache: dict[int, Rendered] = {}
     prefetch = None if tcp else _Prefetcher(
-        lambda v: _Rendered(files=src.render_files(v, tr)),
+        lambda v: Rendered(files=src.render_files(v, tr)),
         list(dict.fromkeys(ev.volume for ev in sorted(events))))
 
-    def _render(v: int) -> _Rendered:
+    def _render(v: int) -> Rendered:
         if prefetch is not None:
             return prefetch.get(v)
         if v not in cache:
             acq = _seconds_after_midnight(doc["t0_unix"] + records[v - 1]["planned_time"])
-            cache[v] = _Rendered(frame=src.render_frame(v, tr, acq, series))
+            cache[v] = Rendered(frame=src.render_frame(v, tr, acq, series))
         return cache[v]
 
     def _release(v: int) -> None:
@@ -1103,9 +492,9 @@ def stream(
                     rng = np.random.default_rng([*fault_rng_seed, ev.volume])
                     if tcp:  # the frame is built for its connection, then damaged
                         def damage(frame, head, rng=rng):
-                            return _corrupt(frame, corrupt_mode, rng, "tcp", head)
+                            return corrupt_bytes(frame, corrupt_mode, rng, "tcp", head)
                     else:
-                        content = _corrupt(content, corrupt_mode, rng, src.kind)
+                        content = corrupt_bytes(content, corrupt_mode, rng, src.kind)
                 if tcp:  # a fraction: the frame's size depends on the connection
                     limit = float(truncate_fraction) if kind == "truncate" else 1.0
                 else:

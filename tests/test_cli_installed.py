@@ -93,6 +93,7 @@ def test_help(command):
 @pytest.mark.parametrize("args, words", [
     (("run", "{p}", "--simulate", "--speed", "nan"), ("--speed", "nan")),
     (("run", "{tmp}/missing.toml", "--simulate"), ("missing.toml", "not found")),
+    (("run", "{p}", "--watch", "{tmp}", "--wait-display", "5"), ("--wait-display", "--simulate")),
     (("replay", "{tmp}/missing"), ("missing",)),
     (("report", "{tmp}/missing"), ("missing", "not found")),
     (("display", "--headless", "--timeout", "-1"), ("--timeout", "-1")),
@@ -143,10 +144,13 @@ def test_run_simulate_with_headless_display_then_replay_and_report(tmp_path):
          "--address", f"tcp://127.0.0.1:{port}"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
+        # the simulated scanner waits for the display (slow to start on a busy machine):
+        # otherwise 30 volumes at 50x could be over before it connects
         run = rtfb("run", protocol, "--simulate", "--quiet", "--speed", "50", "--shape", "16",
                    "16", "10", "--out", tmp_path / "sessions", "--participant", "p01",
-                   timeout=300, cwd=tmp_path)
+                   "--wait-display", "200", timeout=300, cwd=tmp_path)
         assert run.returncode == 0, run.stdout + run.stderr
+        assert "display connected" in run.stdout, run.stdout
         assert "30 volumes processed, 0 missing" in run.stdout
         out, err = display.communicate(timeout=60)
     finally:

@@ -70,7 +70,7 @@ scale = 0.2
 
 [output]
 zmq_address = "tcp://127.0.0.1:{port}"
-write_maps_every = 0
+write_maps_every = {maps_every}
 """
 
 
@@ -119,8 +119,14 @@ def _hogs(n: int) -> list[subprocess.Popen]:
 
 
 def run_session(shape, n_subject: int, n_volumes: int, window: int, interval: float,
-                tmp: Path, hog: bool = False, rss_at: int = 300, attach=None) -> dict:
+                tmp: Path, hog: bool = False, rss_at: int = 300, attach=None,
+                maps_every: int = 0) -> dict:
     """Stream and process one session; returns latencies (s) and memory figures.
+
+    Whole-brain ALFF and ReHo maps are written at the two block ends and, with
+    ``maps_every``, every that many volumes (``output.write_maps_every``); the result
+    says how many were written and skipped, and how long after the volume's feedback
+    reached the subscriber its maps were saved.
 
     ``attach(session, publisher)`` (optional) runs once the publisher is up and returns a
     ``detach()`` called after the session (e.g. the dashboard, ``rtfb.bench.dashboard``).
@@ -138,7 +144,7 @@ def run_session(shape, n_subject: int, n_volumes: int, window: int, interval: fl
     baseline = max(window, n_volumes // 3)
     text = _PROTOCOL.format(volumes=n_volumes, baseline=baseline, rest=n_volumes - baseline,
                             roi=subject_dir / "roi-left_insula.nii.gz", window=window,
-                            port=_free_port())
+                            port=_free_port(), maps_every=maps_every)
     (tmp / "protocol.toml").write_text(text)
     protocol = load_protocol(tmp / "protocol.toml")
     export = tmp / "export"
@@ -192,7 +198,15 @@ def run_session(shape, n_subject: int, n_volumes: int, window: int, interval: fl
     lat = np.array([delivered[i] - complete[i] for i in idx])
     full = idx >= window - 1
     stale = sum("stale" in m["flags"] for _, m in sub.received.values())
+    saved = {}  # volume index -> when its last map was saved
+    for path in (tmp / "record" / "maps").glob("*_vol-*.nii.gz"):
+        i = int(path.name.rsplit("_vol-", 1)[1].split(".")[0])
+        saved[i] = max(saved.get(i, 0.0), path.stat().st_mtime)
+    map_delay = np.array([saved[i] - delivered[i] for i in sorted(saved) if i in delivered])
+    events = (tmp / "record" / "events.jsonl").read_text()
     return dict(warmup=lat[~full], full=lat[full], n_sent=len(complete),
+                maps_written=len(saved), maps_skipped=events.count('"maps_skipped"'),
+                map_delay=map_delay,
                 n_delivered=len(delivered), lost=len(set(complete) - set(delivered)),
                 voxels=int(session.engine.mask.sum()), stale=stale,
                 shown_stale=len(shown_stale), max_delay=session.max_delay, rss=rss,
@@ -214,6 +228,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--intervals", nargs="+", type=float, default=[0.25],
                         help="seconds between volumes per shape (TR / speed; TR is 2 s)")
     parser.add_argument("--window", type=int, default=64)
+    parser.add_argument("--maps-every", type=int, default=16,
+                        help="also write the whole-brain maps every N volumes (0: at the "
+                             "two block ends only)")
     parser.add_argument("--conditions", nargs="+", default=["quiet", "hog"],
                         choices=["quiet", "hog"],
                         help="quiet machine, and/or one busy process per core alongside")
@@ -226,17 +243,21 @@ def run(args: argparse.Namespace) -> int:
     print("# rtfb.bench session: file complete -> feedback delivered to a subscriber\n")
     print("| grid | in-mask voxels | volumes | pace (ms) | condition | warm-up median / p95 / "
           "p99 (ms) | window full median / p95 / p99 (ms) | stale | stale shown as fresh "
-          "| lost |")
-    print("|---|---:|---:|---:|---|---:|---:|---:|---:|---:|")
+          "| lost | maps written / skipped | maps saved after feedback, median / max (ms) |")
+    print("|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for text, n_vol, interval in zip(args.shapes, args.volumes, args.intervals, strict=True):
         shape = tuple(int(v) for v in text.split("x"))
         for condition in args.conditions:
             with tempfile.TemporaryDirectory() as tmp:
                 res = run_session(shape, n_vol, n_vol, args.window, interval, Path(tmp),
-                                  hog=condition == "hog")
+                                  hog=condition == "hog", maps_every=args.maps_every)
+            delay = res["map_delay"] * 1e3
+            delay = (f"{np.median(delay):.0f} / {delay.max():.0f}" if delay.size
+                     else "- / -")
             print(f"| {text} | {res['voxels']} | {n_vol} | {interval * 1e3:.0f} | "
                   f"{condition} | {_stats(res['warmup'])} | {_stats(res['full'])} | "
-                  f"{res['stale']} | {res['shown_stale']} | {res['lost']} |", flush=True)
+                  f"{res['stale']} | {res['shown_stale']} | {res['lost']} | "
+                  f"{res['maps_written']} / {res['maps_skipped']} | {delay} |", flush=True)
     if args.long_run:
         shape = tuple(int(v) for v in args.shapes[0].split("x"))
         with tempfile.TemporaryDirectory() as tmp:

@@ -7,9 +7,10 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from .._utils.net import is_loopback
 from .commands import CommandQueue
 from .model import DashboardModel
-from .server import DashboardServer, is_loopback
+from .server import DashboardServer
 from .slices import SliceSource
 from .sources import LiveFeed, read_protocol_info, replay_record
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
 import json
 import logging
 import secrets
@@ -32,28 +31,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .._utils.net import is_loopback
 from .commands import CommandQueue, OperatorCommand
 from .model import DashboardModel
 from .slices import SliceSource
 
-__all__ = ["DashboardServer", "build_app", "check_address", "is_loopback"]
+__all__ = ["DashboardServer", "build_app", "check_address"]
 
 logger = logging.getLogger("rtfb.dashboard")
 
 STATIC = Path(__file__).parent / "static"
 _MAX_BODY = 4096
 _CLIENT_QUEUE = 20000
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` names only the local machine (127.0.0.0/8, ::1, localhost)."""
-    host = host.strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -12,7 +12,6 @@ they already had.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import queue
@@ -26,6 +25,7 @@ from typing import Any
 import zmq
 
 from .._utils.checks import check_int, check_positive_number
+from .._utils.net import is_loopback
 from .messages import (
     DEFAULT_ADDRESS,
     FeedbackMessage,
@@ -75,21 +75,11 @@ def check_bind_address(address: str, allow_remote: bool = False) -> str:
                          f"free port), got {address!r}.")
     if port == "0":
         port = "*"
-    if not allow_remote and not _is_loopback(host):
+    if not allow_remote and not is_loopback(host):
         raise ValueError(f"refusing to bind {address!r}: it is not a loopback address, so "
                          "other computers could connect. Use tcp://127.0.0.1:PORT, or pass "
                          "allow_remote=True to publish on the network on purpose.")
     return f"tcp://{host}:{port}"
-
-
-def _is_loopback(host: str) -> bool:
-    host = host.strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # '*', an interface name or a host name
-        return False
 
 
 class FeedbackPublisher:
@@ -158,6 +148,7 @@ class FeedbackPublisher:
         self.stats = {"published": 0, "sent": 0, "resent": 0, "subscriptions": 0,
                       "dropped": 0, "callback_errors": 0}
         self._stats_lock = threading.Lock()
+        self._subscribed = threading.Condition(self._stats_lock)
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
@@ -295,6 +286,28 @@ class FeedbackPublisher:
     def _count(self, key: str, n: int = 1) -> None:
         with self._stats_lock:
             self.stats[key] += n
+            if key == "subscriptions":
+                self._subscribed.notify_all()
+
+    def wait_for_subscriptions(self, n: int, timeout: float | None = None) -> bool:
+        """Wait until ``n`` subscribe frames were seen in all (e.g. displays connected).
+
+        Parameters
+        ----------
+        n : int
+            Subscriptions to wait for (a display subscribes once, to every topic).
+        timeout : float | None
+            Longest wait in seconds (None: no limit).
+
+        Returns
+        -------
+        bool
+            Whether ``n`` subscriptions were seen before the timeout.
+        """
+        n = check_int(n, "n", minimum=0)
+        with self._subscribed:
+            return self._subscribed.wait_for(lambda: self.stats["subscriptions"] >= n,
+                                             timeout)
 
     def _close_wake(self) -> None:
         for s in (self._wake_r, self._wake_w):

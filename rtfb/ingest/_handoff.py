@@ -310,3 +310,83 @@ class _Handoff:
         with self._lock:
             return IngestStats(**self._counts, latencies=tuple(self._latencies),
                                timings=tuple(self._timings))
+
+
+class AcquisitionSource:
+    """What the processing thread sees of an acquisition source (one thread, one hand-off).
+
+    Subclasses (:class:`~rtfb.ingest.watcher.FolderWatcher`,
+    :class:`~rtfb.ingest.tcp.TCPReceiver`) create ``self._handoff`` (a :class:`_Handoff`),
+    ``self._stop_event``, ``self._thread = None`` and ``self._series``, and implement
+    ``start()`` and the thread's loop; this class gives them the consumer side.
+    """
+
+    _handoff: _Handoff
+    _thread: threading.Thread | None
+    _stop_event: threading.Event
+    _series: str | None
+    _log_name = "source"
+
+    def _join(self, timeout: float, why: str = "") -> None:
+        """Set the stop flag and wait for the acquisition thread (bounded)."""
+        self._stop_event.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                logger.warning("%s: thread still busy %.1f s after stop()%s", self._log_name,
+                               timeout, why)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the thread and wait for it (items already queued stay available to get)."""
+        self._join(timeout)
+
+    def get(self, timeout: float | None = None) -> Volume | Missing | Late:
+        """Next item: a :class:`Volume` in index order, or a ``Missing`` or ``Late`` event.
+
+        Raises
+        ------
+        queue.Empty
+            Nothing arrived within ``timeout`` seconds, or the source is stopped and its
+            queue is empty.
+        """
+        return self._handoff.get(timeout, lambda: self.running)
+
+    @property
+    def running(self) -> bool:
+        """Whether the acquisition thread is running."""
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def series(self) -> str | None:
+        """Series followed (the one given, or the first seen; None before the first)."""
+        return self._series
+
+    @property
+    def stats(self) -> IngestStats:
+        """Snapshot of the counters and timings (thread-safe)."""
+        return self._handoff.stats()
+
+    def drain_notices(self) -> list[dict]:
+        """Events for the session record since the last call: files ignored at start,
+        refused files or frames (other series, implausible index), queue-full episodes and
+        stalls.
+
+        Each is a dict with ``kind``, ``message``, ``time`` (epoch s) and details.
+        """
+        return self._handoff.drain_notices()
+
+    def timing(self, index: int) -> VolumeTiming | None:
+        """Time stamps of the delivered volume ``index`` (cheap: for the session record).
+
+        None if it was not delivered (yet) or is older than the last ``max_timings``.
+        """
+        return self._handoff.timing(index)
+
+    def start(self):  # pragma: no cover - every subclass defines it
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -38,8 +38,8 @@ import numpy as np
 from .._utils.checks import _validate_type, check_int, check_positive_number
 from .._utils.net import is_loopback
 from .._utils.text import escape_control
-from ._handoff import IngestStats, VolumeTiming, _Handoff
-from .ordering import DUPLICATE, IMPLAUSIBLE, Late, Missing, refusal_message
+from ._handoff import AcquisitionSource, _Handoff
+from .ordering import DUPLICATE, IMPLAUSIBLE, refusal_message
 from .tcp_framing import (
     HELLO,
     MAGIC,
@@ -145,7 +145,7 @@ def _peer_name(addr: Any) -> str:
     return str(addr)
 
 
-class TCPReceiver:
+class TCPReceiver(AcquisitionSource):
     """Receive volumes over TCP (``docs/tcp_protocol.md``) and queue them in index order.
 
     Parameters
@@ -199,6 +199,8 @@ class TCPReceiver:
     Memory is bounded by ``max_connections * 64 KiB`` for connections that have not
     authenticated, plus one payload of the locked geometry per authenticated connection.
     """
+
+    _log_name = "tcp"
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, key: bytes | None = None,
                  queue_size: int = 32, max_bytes: int = 512 * 2**20, gap_timeout: float = 3.0,
@@ -267,55 +269,7 @@ class TCPReceiver:
                 self._wake_w.send(b"x")
             except OSError:
                 pass
-        if self._thread is not None:
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                logger.warning("tcp: thread still busy %.1f s after stop()", timeout)
-
-    def get(self, timeout: float | None = None) -> Volume | Missing | Late:
-        """Next item: a :class:`Volume` in index order, or a ``Missing`` or ``Late`` event.
-
-        Raises
-        ------
-        queue.Empty
-            Nothing arrived within ``timeout`` seconds, or the receiver is stopped and its
-            queue is empty.
-        """
-        return self._handoff.get(timeout, lambda: self.running)
-
-    @property
-    def running(self) -> bool:
-        """Whether the acquisition thread is running."""
-        return self._thread is not None and self._thread.is_alive()
-
-    @property
-    def series(self) -> str | None:
-        """Series followed (given, or of the first frame)."""
-        return self._series
-
-    @property
-    def stats(self) -> IngestStats:
-        """Snapshot of the counters and timings (thread-safe)."""
-        return self._handoff.stats()
-
-    def drain_notices(self) -> list[dict]:
-        """Events for the session record since the last call (see
-        :meth:`rtfb.ingest.FolderWatcher.drain_notices`).
-        """
-        return self._handoff.drain_notices()
-
-    def timing(self, index: int) -> VolumeTiming | None:
-        """Time stamps of the delivered volume ``index`` (cheap: for the session record).
-
-        None if it was not delivered (yet) or is older than the last ``max_timings``.
-        """
-        return self._handoff.timing(index)
-
-    def __enter__(self) -> TCPReceiver:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+        self._join(timeout)
 
     def __repr__(self) -> str:
         where = _peer_name(self.address) if self.address else "unbound"

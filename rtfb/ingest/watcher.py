@@ -39,7 +39,7 @@ from typing import Any
 
 from .._utils.checks import _validate_type, check_int, check_positive_number
 from ..exceptions import IncompleteFileError, IngestError
-from ._handoff import IngestStats, VolumeTiming, _Handoff
+from ._handoff import AcquisitionSource, IngestStats, VolumeTiming, _Handoff
 from .names import shown_name
 from .ordering import ACCEPTED, IMPLAUSIBLE, LATE, Late, Missing, refusal_message
 from .series_lock import IdentityLock
@@ -102,7 +102,7 @@ def _default_reader(name: str) -> Callable:
     return getattr(read, name)
 
 
-class FolderWatcher:
+class FolderWatcher(AcquisitionSource):
     """Watch an export folder and deliver its volumes in order through a bounded queue.
 
     Parameters
@@ -183,6 +183,8 @@ class FolderWatcher:
     events for the gap, if the queue has room.
     """
 
+    _log_name = "watcher"
+
     def __init__(self, directory: str | os.PathLike, *, poll_interval: float = 0.01,
                  change_interval: float = 0.002,
                  queue_size: int = 32, gap_timeout: float = 3.0,
@@ -248,59 +250,7 @@ class FolderWatcher:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the thread and wait for it (items already queued stay available to get)."""
-        self._stop_event.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                logger.warning("watcher: thread still busy %.1f s after stop() (a read "
-                               "blocked?)", timeout)
-
-    def get(self, timeout: float | None = None) -> Volume | Missing | Late:
-        """Next item: a :class:`Volume` in index order, or a ``Missing`` or ``Late`` event.
-
-        Raises
-        ------
-        queue.Empty
-            Nothing arrived within ``timeout`` seconds, or the watcher is stopped and its
-            queue is empty.
-        """
-        return self._handoff.get(timeout, lambda: self.running)
-
-    @property
-    def running(self) -> bool:
-        """Whether the acquisition thread is running."""
-        return self._thread is not None and self._thread.is_alive()
-
-    @property
-    def series(self) -> str | None:
-        """Series followed (the one given, or the first seen; None before the first file)."""
-        return self._series
-
-    @property
-    def stats(self) -> IngestStats:
-        """Snapshot of the counters and timings (thread-safe)."""
-        return self._handoff.stats()
-
-    def drain_notices(self) -> list[dict]:
-        """Events for the session record since the last call: files ignored at start,
-        refused files (other series, implausible index), queue-full episodes and stalls.
-
-        Each is a dict with ``kind``, ``message``, ``time`` (epoch s) and details.
-        """
-        return self._handoff.drain_notices()
-
-    def timing(self, index: int) -> VolumeTiming | None:
-        """Time stamps of the delivered volume ``index`` (cheap: for the session record).
-
-        None if it was not delivered (yet) or is older than the last ``max_timings``.
-        """
-        return self._handoff.timing(index)
-
-    def __enter__(self) -> FolderWatcher:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+        self._join(timeout, " (a read blocked?)")
 
     def __repr__(self) -> str:
         return (f"<FolderWatcher {self.directory!r} poll={1000 * self.poll_interval:.0f} ms "

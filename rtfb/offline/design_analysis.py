@@ -30,9 +30,9 @@ from .group import (
     _load,
     _norm,
     _save,
+    contrast_maps,
     model_warnings,
 )
-from .stats import cluster_table
 
 __all__ = ["available_runs", "design_analysis"]
 
@@ -191,35 +191,19 @@ def _tested_name(design: Design, term: str) -> str:
 
 def _contrast(metric, term, fit, design: Design, mask, affine, alpha, all_data,
               out_dir) -> ContrastResult:
-    def vol(values, fill):
-        out = np.full(mask.shape, fill, dtype=float)
-        out[mask] = values
-        return out
-
-    t3, p3, q3 = vol(fit.t, 0.0), vol(fit.p_fwe, 1.0), vol(fit.q_fdr, 1.0)
     threshold = _fwe_threshold(fit.null_max, alpha)
-    table = cluster_table(t3, affine, threshold, two_sided=True)
-    peaks = tuple(table[["peak_i", "peak_j", "peak_k"]].to_numpy(int).T)
     key = _term_key(term)
-    table.insert(0, "contrast", key)
-    table.insert(0, "metric", metric)
-    table["p_fwe_peak"] = p3[peaks] if len(table) else []
-    table["q_fdr_peak"] = q3[peaks] if len(table) else []
-    if len(table):
-        ijk = tuple(int(v) for v in table.loc[0, ["peak_i", "peak_j", "peak_k"]])
-    else:
-        ijk = tuple(int(v) for v in np.unravel_index(np.argmax(np.abs(t3)), mask.shape))
+    t3, p3, q3, table, ijk, files = contrast_maps(metric, key, fit.t, fit.p_fwe, fit.q_fdr,
+                                                  mask, affine, threshold, out_dir)
     stem = f"{metric}_{key}"
-    files = {"t": _save(t3, affine, out_dir / f"{stem}_t.nii.gz"),
-             "pfwe": _save(p3, affine, out_dir / f"{stem}_pfwe.nii.gz"),
-             "qfdr": _save(q3, affine, out_dir / f"{stem}_qfdr.nii.gz")}
     tfce3 = ptfce3 = None
     if fit.tfce is not None:
-        tfce3, ptfce3 = vol(fit.tfce, 0.0), vol(fit.p_tfce, 1.0)
+        tfce3 = np.zeros(mask.shape)
+        tfce3[mask] = fit.tfce
+        ptfce3 = np.ones(mask.shape)
+        ptfce3[mask] = fit.p_tfce
         files["tfce"] = _save(tfce3, affine, out_dir / f"{stem}_tfce.nii.gz")
         files["ptfce"] = _save(ptfce3, affine, out_dir / f"{stem}_ptfce.nii.gz")
-    files["clusters"] = out_dir / f"{stem}_clusters.tsv"
-    table.to_csv(files["clusters"], sep="\t", index=False, na_rep="n/a")
     col = _tested_name(design, term)
     covs = [c for c in design.matrix.columns if c not in ("intercept", col)]
     return ContrastResult(

@@ -63,7 +63,7 @@ from .stats import (
     two_sample_design,
 )
 
-__all__ = ["ContrastResult", "GroupResults", "group_analysis", "load_subject_maps"]
+__all__ = ["ContrastResult", "GroupResults", "contrast_maps", "group_analysis", "load_subject_maps"]
 
 PIPELINE_DIR = "rtfb"
 GROUP_DIR = "group"
@@ -470,20 +470,44 @@ def model_warnings(label: str, design: np.ndarray, contrast: np.ndarray, thresho
     return out
 
 
-def _contrast(metric, key, data, mask, affine, design, contrast, subjects, covariates,
-              all_data, n_permutations, alpha, seed, out_dir) -> ContrastResult:
-    perm = permutation_fwe(data, design, contrast, n_permutations=n_permutations, seed=seed,
-                           two_sided=True)
-    p_unc = 2 * sp_stats.t.sf(np.abs(perm.t), perm.df)
-    _, q = fdr_bh(p_unc, alpha=alpha)
-    threshold = _fwe_threshold(perm.null_max, alpha)
+def _in_mask(values, mask, fill: float) -> np.ndarray:
+    """A 3D map holding ``values`` in ``mask`` and ``fill`` elsewhere."""
+    out = np.full(mask.shape, fill, dtype=float)
+    out[mask] = values
+    return out
 
-    def vol(values, fill):
-        out = np.full(mask.shape, fill, dtype=float)
-        out[mask] = values
-        return out
 
-    t3, p3, q3 = vol(perm.t, 0.0), vol(perm.p_fwe, 1.0), vol(q, 1.0)
+def contrast_maps(metric: str, key: str, t, p_fwe, q_fdr, mask, affine, threshold: float,
+                  out_dir: Path):
+    """Save one contrast's voxel-wise maps and cluster table.
+
+    Parameters
+    ----------
+    metric, key : str
+        Map name and contrast key (file stem ``<metric>_<key>``).
+    t, p_fwe, q_fdr : ndarray, shape (n_mask_voxels,)
+        t statistics, max-statistic FWE p values and FDR q values in the mask.
+    mask : ndarray of bool
+        Group mask.
+    affine : ndarray, shape (4, 4)
+        Affine of the maps.
+    threshold : float
+        FWE-corrected critical |t| for the cluster table.
+    out_dir : Path
+        Folder of the files.
+
+    Returns
+    -------
+    t3, p3, q3 : ndarray
+        The three maps (0, 1 and 1 outside the mask).
+    table : pandas.DataFrame
+        Clusters above ``threshold`` (``<stem>_clusters.tsv``), with their peak p and q.
+    peak_ijk : tuple of int
+        Peak of the largest cluster, or of ``|t|`` when there is none.
+    files : dict of str -> Path
+        ``t``, ``pfwe``, ``qfdr`` and ``clusters``.
+    """
+    t3, p3, q3 = _in_mask(t, mask, 0.0), _in_mask(p_fwe, mask, 1.0), _in_mask(q_fdr, mask, 1.0)
     table = cluster_table(t3, affine, threshold, two_sided=True)
     peaks = tuple(table[["peak_i", "peak_j", "peak_k"]].to_numpy(int).T)
     table.insert(0, "contrast", key)
@@ -499,13 +523,27 @@ def _contrast(metric, key, data, mask, affine, design, contrast, subjects, covar
         "t": _save(t3, affine, out_dir / f"{stem}_t.nii.gz"),
         "pfwe": _save(p3, affine, out_dir / f"{stem}_pfwe.nii.gz"),
         "qfdr": _save(q3, affine, out_dir / f"{stem}_qfdr.nii.gz"),
+        "clusters": out_dir / f"{stem}_clusters.tsv",
     }
-    files["clusters"] = out_dir / f"{stem}_clusters.tsv"
     table.to_csv(files["clusters"], sep="\t", index=False, na_rep="n/a")
+    return t3, p3, q3, table, ijk, files
+
+
+def _contrast(metric, key, data, mask, affine, design, contrast, subjects, covariates,
+              all_data, n_permutations, alpha, seed, out_dir) -> ContrastResult:
+    perm = permutation_fwe(data, design, contrast, n_permutations=n_permutations, seed=seed,
+                           two_sided=True)
+    p_unc = 2 * sp_stats.t.sf(np.abs(perm.t), perm.df)
+    _, q = fdr_bh(p_unc, alpha=alpha)
+    threshold = _fwe_threshold(perm.null_max, alpha)
+
+    t3, p3, q3, table, ijk, files = contrast_maps(metric, key, perm.t, perm.p_fwe, q, mask,
+                                                  affine, threshold, out_dir)
     return ContrastResult(
         metric=metric, contrast=key, label=_CONTRASTS[key], subjects=list(subjects),
         covariates=list(covariates), t=t3, p_fwe=p3, q_fdr=q3,
-        r=vol(t_to_r(perm.t, perm.df), 0.0) if key == "vas" else None, df=perm.df,
+        r=_in_mask(t_to_r(perm.t, perm.df), mask, 0.0) if key == "vas" else None,
+        df=perm.df,
         threshold=threshold, null_max=perm.null_max, clusters=table, peak_ijk=ijk,
         peak_significant=bool(len(table)), peak_values=all_data[(slice(None), *ijk)],
         files=files)

@@ -66,6 +66,10 @@ def add_run_parser(sub) -> None:
     p.add_argument("--participant-run", type=integer(ge=1, le=1000), default=1, metavar="N",
                    help="--simulate: run number of the virtual participant (a learner "
                         "improves with it; default 1)")
+    p.add_argument("--wait-display", type=number(gt=0), default=None, metavar="SECONDS",
+                   help="--simulate: before the simulated scanner starts, wait up to SECONDS "
+                        "for a participant display (rtfb display) to connect (default: no "
+                        "wait; a display that joins late shows the current state at once)")
     p.add_argument("--zmq", metavar="ADDRESS", type=zmq_address,
                    help="override the protocol's ZeroMQ address")
     p.add_argument("--feedback-key", metavar="FILE", default=None,
@@ -107,21 +111,24 @@ def add_report_parser(sub) -> None:
     p.set_defaults(func=report_command, command_parser=p)
 
 
-def _status_table(status: SessionStatus, n_expected: int) -> Table:
+def _status_table(status: SessionStatus, n_expected: int, metric: str = "metric") -> Table:
+    from rich import box
     from rich.table import Table
 
-    table = Table(title="rtfb session", show_header=True)
-    for col in ("volume", "block", "feedback", "FD (mm)", "latency (ms)", "missing", "late",
-                "flags"):
-        table.add_column(col)
+    # short headers and folding: nothing is cut on an 80-column terminal
+    table = Table(title="rtfb session", show_header=True, box=box.SIMPLE_HEAD)
+    for col in ("volume", "block", metric, "shown", "FD mm", "lat. ms", "missing", "late"):
+        table.add_column(col, overflow="fold")
+    table.caption = "flags: " + (", ".join(status.flags) or "-")
+    table.caption_justify = "left"
 
     def fmt(value, spec):
         return "-" if value is None else spec.format(value)
 
     table.add_row(f"{status.index + 1}/{n_expected}", status.block,
-                  fmt(status.value, "{:.2f}"), fmt(status.fd, "{:.2f}"),
-                  fmt(status.latency_ms, "{:.1f}"), str(status.missing), str(status.late),
-                  ",".join(status.flags))
+                  fmt(status.metric, "{:.4g}"), fmt(status.value, "{:.2f}"),
+                  fmt(status.fd, "{:.2f}"),
+                  fmt(status.latency_ms, "{:.1f}"), str(status.missing), str(status.late))
     return table
 
 
@@ -185,7 +192,8 @@ def run_command(args: argparse.Namespace) -> int:
     from ..feedback.publisher import FeedbackPublisher
     from ..ingest import TCPReceiver
     from ..ingest.layouts import SeriesFolderWatcher
-    from .runner import Session, load_recorded_protocol, session_dir_name
+    from .replay import load_recorded_protocol
+    from .runner import Session, session_dir_name
     from .verify import verify_record
 
     console = Console()
@@ -299,6 +307,16 @@ def run_command(args: argparse.Namespace) -> int:
             display.start()
         if args.dashboard is not None:
             dashboard = _start_dashboard(args, session, publisher.endpoint, finished, console)
+        if args.wait_display is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)  # Ctrl-C ends the wait
+            try:
+                _wait_for_display(publisher, 1 + (display is not None), args.wait_display,
+                                  console)
+            except KeyboardInterrupt:
+                console.print("stopped while waiting for a display (Ctrl-C)")
+                stop.set()
+            finally:
+                signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         source.start()
         if player is not None:
             player.start()
@@ -310,10 +328,14 @@ def run_command(args: argparse.Namespace) -> int:
                 while not finished.wait(0.2):
                     pass
             else:
-                with Live(_status_table(session.status, protocol.session.volumes),
+                kind = protocol.metric.kind
+                with Live(_status_table(session.status, protocol.session.volumes, kind),
                           console=console, refresh_per_second=8) as live:
                     while not finished.wait(0.125):
-                        live.update(_status_table(session.status, protocol.session.volumes))
+                        live.update(_status_table(session.status, protocol.session.volumes,
+                                                  kind))
+                    live.update(_status_table(session.status, protocol.session.volumes, kind))
+                console.print()
         except KeyboardInterrupt:
             console.print("stopping after the current volume (Ctrl-C) ...")
             stop.set()
@@ -342,6 +364,20 @@ def run_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _wait_for_display(publisher, n: int, timeout: float, console) -> bool:
+    """``--wait-display``: wait for ``n`` subscriptions (the built-in headless display
+    counts as one); returns whether they came in time.
+    """
+    console.print(f"waiting up to {timeout:g} s for a display to connect to "
+                  f"{publisher.endpoint} (rtfb display --address {publisher.endpoint})")
+    if publisher.wait_for_subscriptions(n, timeout):
+        console.print("display connected: starting the simulated scanner")
+        return True
+    console.print(f"[yellow]no display connected within {timeout:g} s: starting anyway"
+                  "[/yellow]")
+    return False
+
+
 def _start_dashboard(args, session, endpoint, finished, console):
     """Start the operator dashboard of ``rtfb run --dashboard`` (address checked before)."""
     from ..dashboard.cli import LiveDashboard
@@ -363,7 +399,7 @@ def replay_command(args: argparse.Namespace) -> int:
     session_dir = Path(args.session_dir)
     out = Path(args.out) if args.out else session_dir / f"replay-{time.strftime('%Y%m%dT%H%M%S')}"
     from .record_reader import load_record
-    from .runner import replay_session
+    from .replay import replay_session
     from .verify import verify_record
 
     verify_record(session_dir)  # names the first changed volume before anything runs

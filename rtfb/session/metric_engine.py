@@ -13,7 +13,8 @@ the first windows' ALFF was biased low and rose for minutes with a constant sign
 
 Only the needed voxels are kept for the fed-back value (ROI voxels; ROI plus its
 neighbours for ReHo; seed and target for FC). Whole-brain maps keep the whole in-mask
-window and are computed on demand (:meth:`MetricEngine.current_map`, at block ends).
+window; the maps of a window (:func:`window_map`) are computed off the feedback path by
+:class:`rtfb.session.maps.MapWriter`.
 """
 
 from __future__ import annotations
@@ -232,6 +233,19 @@ class MetricEngine:
         return {"reho": float(np.mean(w[self._box_parts[part]]))}
 
     # -------------------------------------------------------------------------- maps
+    def map_window(self) -> np.ndarray | None:
+        """The whole in-mask window cleaned by the current fit (None during warm-up).
+
+        Shape (window, n_mask_voxels); what :func:`window_map` takes. Cost
+        O(window x regressors x voxels): the processing thread pays it, the maps
+        themselves are computed elsewhere (:class:`rtfb.session.maps.MapWriter`).
+        """
+        if not self.maps:
+            raise ValueError("no whole-brain maps are computed (maps=()).")
+        if not self._data.full:
+            return None
+        return self._clean(everything=True)
+
     def current_map(self, name: str) -> np.ndarray:
         """Whole-brain 3D map of a monitored metric on the consistently cleaned window.
 
@@ -239,18 +253,46 @@ class MetricEngine:
         """
         if name not in self.maps:
             raise ValueError(f"map {name!r} is not computed (maps: {self.maps}).")
-        out = np.zeros(self.mask.shape)
-        if not self._data.full:
+        clean = self.map_window()
+        if clean is None:
+            out = np.zeros(self.mask.shape)
             out[self.mask] = np.nan
             return out
-        clean = self._clean(everything=True)
-        if name == "reho":  # = reho() on the window; the numba rank updates are faster
-            state = SlidingReHo(clean.shape[0], self.mask, self.neighborhood)
-            for row in clean:
-                state.partial_fit(row)
-            out[self.mask] = state.reho_
-            return out
-        fn = alff if name == "alff" else falff
-        out[self.mask] = fn(clean.T, self.tr, self.band, convention=self.convention)
-        return out
+        return window_map(clean, self.mask, name, tr=self.tr, band=self.band,
+                          neighborhood=self.neighborhood, convention=self.convention)
 
+
+def window_map(clean, mask, name: str, *, tr: float, band, neighborhood=27,
+               convention: str = "rtfb") -> np.ndarray:
+    """Whole-brain 3D map of one window (0 outside the mask).
+
+    Parameters
+    ----------
+    clean : ndarray, shape (window, n_mask_voxels)
+        The window (:meth:`MetricEngine.map_window`), columns in the mask's C order.
+    mask : ndarray of bool, shape (X, Y, Z)
+        Brain mask.
+    name : {"alff", "falff", "reho"}
+        Map kind.
+    tr, band, neighborhood, convention
+        As for :class:`MetricEngine`.
+
+    Returns
+    -------
+    numpy.ndarray, shape (X, Y, Z)
+        :func:`rtfb.metrics.alff` / :func:`~rtfb.metrics.falff` / :func:`~rtfb.metrics.reho`
+        of the window.
+    """
+    if name not in MAP_KINDS:
+        raise ValueError(f"No map for metric kind {name!r}; expected one of {MAP_KINDS}.")
+    mask = np.asarray(mask, dtype=bool)
+    out = np.zeros(mask.shape)
+    if name == "reho":  # = reho() on the window; the numba rank updates are faster
+        state = SlidingReHo(clean.shape[0], mask, neighborhood)
+        for row in clean:
+            state.partial_fit(row)
+        out[mask] = state.reho_
+        return out
+    fn = alff if name == "alff" else falff
+    out[mask] = fn(np.asarray(clean).T, tr, band, convention=convention)
+    return out

@@ -44,6 +44,9 @@ def check_run_arguments(args: argparse.Namespace, address: str, resume: bool) ->
             what = "is not a folder" if watch.exists() else "does not exist"
             raise UsageError(f"--watch {args.watch}: {what}; expected the scanner's export "
                              f"folder.")
+    if getattr(args, "wait_display", None) is not None and not args.simulate:
+        raise UsageError(f"--wait-display {args.wait_display:g}: only with --simulate (the "
+                         f"scanner does not wait: start the display before the scan).")
     if not resume:
         out = Path(args.out)
         if out.exists() and not out.is_dir():

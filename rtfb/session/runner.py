@@ -42,6 +42,7 @@ from ..ingest.series_lock import GeometryLock
 from ..metrics.qa import RunningQA
 from ..preprocess.pipeline import Preprocessor
 from .blocks import BlockSchedule
+from .maps import MapJob, MapWriter
 from .metric_engine import MetricEngine
 from .operator import apply_commands
 from .record import SessionRecorder
@@ -60,7 +61,8 @@ class SessionStatus:
 
     index: int = -1
     block: str = ""
-    value: float | None = None
+    value: float | None = None  # feedback shown to the participant (None: nothing shown)
+    metric: float | None = None  # the protocol's metric (NaN/None during warm-up)
     fd: float | None = None
     latency_ms: float | None = None
     processed: int = 0
@@ -159,7 +161,7 @@ class Session:
         self._state_ready = False
         self._last_vec = None
         self._baseline_values: list[float] = []
-        self._baseline_maps: dict[str, np.ndarray] = {}
+        self._maps: MapWriter | None = None  # whole-brain maps, off the feedback path
         self._processed: set[int] = set()
         self._received: set[int] = set()
         self.commands = CommandQueue()  # operator commands (dashboard), applied between volumes
@@ -383,9 +385,6 @@ class Session:
         cond = self._baseline_condition()
         if cond is None:
             return
-        if block.condition == cond and self.schedule.is_last_of_block(index):
-            for name in self.engine.maps:
-                self._baseline_maps.setdefault(name, self.engine.current_map(name))
         if self.mapper_has_baseline():
             return
         primary = values.get(self.protocol.metric.kind, math.nan)
@@ -404,21 +403,34 @@ class Session:
         """True once the feedback baseline is known."""
         return getattr(self.mapper, "baseline_", None) is not None
 
-    def _write_maps(self, index: int, block) -> None:
-        if self._silent or not self.engine.maps:
+    def _submit_maps(self, index: int, block) -> None:
+        """Hand the window's maps to the map writer (after the volume was published)."""
+        if not self.engine.maps:
             return
         every = self.protocol.output.write_maps_every
-        if not (self.schedule.is_last_of_block(index) or (every and (index + 1) % every == 0)):
+        block_end = self.schedule.is_last_of_block(index)
+        baseline = block_end and block.condition == self._baseline_condition()
+        periodic = bool(every) and (index + 1) % every == 0
+        if self._silent and not baseline:  # rebuilding a resumed session: no files
             return
-        for name in self.engine.maps:
-            current = self.engine.current_map(name)
-            base = self._baseline_maps.get(name)
-            change = current - base if base is not None else current
-            img = nib.Nifti1Image(np.nan_to_num(change).astype(np.float32),
-                                  self.reference_affine)
-            kind = "change" if base is not None else "map"
-            nib.save(img, self.out_dir / "maps" /
-                     f"{name}-{kind}_{block.condition}_vol-{index:05d}.nii.gz")
+        if not (block_end or periodic):
+            return
+        clean = self.engine.map_window()
+        if clean is None:  # warm-up: no full window yet
+            return
+        if self._maps is None:
+            m = self.protocol.metric
+            self._maps = MapWriter(self.out_dir / "maps", self.engine.maps,
+                                   self.engine.mask, self.reference_affine,
+                                   tr=self.protocol.session.tr, band=m.band,
+                                   neighborhood=m.neighborhood, convention=m.convention)
+        keep = block_end or self.replay_stale is not None  # a replay has time for all
+        skipped = self._maps.submit(MapJob(index, block.condition, clean, baseline=baseline,
+                                           write=not self._silent, keep=keep))
+        if skipped is not None:
+            self._event("warning", f"maps of volume {skipped} skipped: the map writer is "
+                        f"behind (maps of volume {index} queued instead)", index,
+                        code="maps_skipped")
 
     def _process(self, volume: Volume | None, index: int, times: dict | None = None,
                  acquisition_time=None, missing_reason: str | None = None,
@@ -523,12 +535,13 @@ class Session:
                 self._write_entry(entry, None)
             elif not deferred:
                 self._write_entry(entry, None)
-        self._write_maps(index, block)
+        self._submit_maps(index, block)
         self._processed.add(index)
         s = self.status
         s.index, s.block, s.fd = index, block.condition, fd
         if not stale:
-            s.value = value
+            s.value = shown
+        s.metric = primary if math.isfinite(primary) else None
         s.stale += stale
         s.catching_up = stale
         s.latency_ms, s.flags = latency, tuple(flags)
@@ -735,7 +748,9 @@ class Session:
                                     "stopping (--idle-timeout)", code="idle_timeout")
                         break
                     if getattr(source, "running", True) is False:
-                        reason = ("finished" if isinstance(source, RecordSource)
+                        # a recording ends when it delivered everything; a scanner source
+                        # that stops early did not
+                        reason = ("finished" if getattr(source, "complete_when_stopped", False)
                                   else "stopped: the acquisition source stopped")
                         break
                     continue
@@ -774,64 +789,13 @@ class Session:
             except OSError:
                 pass
             self.status.done = True
+            if self._maps is not None:  # the maps queued are part of the record
+                try:
+                    self._maps.close()
+                except OSError as err:
+                    self._event("error", f"maps not saved: {err}", code="maps_error")
             try:
                 self.recorder.close(messages=isinstance(self.publisher, _NoPublisher))
             except OSError:
                 pass
         return self.out_dir
-
-
-def load_recorded_protocol(session_dir):
-    """The protocol copy of a session, with relative paths resolved as in the original."""
-    import json
-
-    from ..config import load_protocol
-
-    session_dir = Path(session_dir)
-    info = json.loads((session_dir / "session.json").read_text(encoding="utf-8"))
-    base = info.get("protocol_dir")
-    return load_protocol(session_dir / "protocol.toml",
-                         base_dir=base if base and Path(base).is_dir() else None)
-
-
-class RecordSource:
-    """Yields a recorded session's processing sequence (for replay), like a live source."""
-
-    def __init__(self, session_dir):
-        self.record = load_record(session_dir)
-        self._items = []
-        inputs = {e["index"]: i for i, e in enumerate(self.record.inputs) if not e.get("late")}
-        for entry in self.record.volumes:
-            idx = entry["index"]
-            if idx in inputs:
-                e = self.record.inputs[inputs[idx]]
-                self._items.append(Volume(self.record.input_volume(inputs[idx]),
-                                          np.asarray(e["affine"]), idx,
-                                          acquisition_time=e.get("acquisition_time"),
-                                          tr=e.get("tr"), source=e.get("source", "")))
-            else:
-                self._items.append(Missing(idx, entry.get("missing_reason", "recorded missing")))
-        self.running = True
-
-    def get(self, timeout=None):
-        """Next recorded item; ``queue.Empty`` at the end."""
-        if not self._items:
-            self.running = False
-            raise queue.Empty
-        return self._items.pop(0)
-
-
-def replay_session(session_dir, out_dir, protocol=None) -> Path:
-    """Re-run a recorded session from its recorded inputs into ``out_dir``.
-
-    Every feedback value and metric equals the original bit for bit (processing depends
-    only on the recorded inputs and their order). Nothing is published.
-    """
-    session_dir = Path(session_dir)
-    protocol = protocol or load_recorded_protocol(session_dir)
-    source = RecordSource(session_dir)
-    session = Session(protocol, out_dir, rois_from=session_dir,
-                      source_info={"kind": "replay", "of": str(session_dir)})
-    session.replay_stale = {v["index"] for v in source.record.volumes
-                            if "stale" in v.get("flags", ())}
-    return session.run(source)

@@ -198,3 +198,26 @@ def test_dict_messages_as_the_session_builds_them():
     (out,) = sent
     assert out["raw"] == {"alff": None} and out["target"] is None and out["fd"] == 0.2
     assert out["volume_index"] == 12 and out["time_published"] > 6.0  # stamped when sent
+
+
+def test_wait_for_subscriptions_counts_displays():
+    # rtfb run --simulate --wait-display: the simulated scanner starts once a display is in
+    pub = FeedbackPublisher(ANY_PORT, SESSION, linger=0.2).start()
+    ctx = zmq.Context()
+    subs = []
+    try:
+        assert not pub.wait_for_subscriptions(1, timeout=0.05)  # nobody yet
+        for _ in range(2):
+            sub = ctx.socket(zmq.SUB)
+            sub.setsockopt(zmq.LINGER, 0)
+            sub.subscribe(b"")
+            sub.connect(pub.endpoint)
+            subs.append(sub)
+            assert pub.wait_for_subscriptions(len(subs), timeout=30)
+        assert pub.stats["subscriptions"] == 2
+        assert not pub.wait_for_subscriptions(3, timeout=0.05)
+    finally:
+        for sub in subs:
+            sub.close()
+        ctx.term()
+        pub.stop()

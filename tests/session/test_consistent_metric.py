@@ -8,7 +8,6 @@ correlation, Kendall's W with scipy ranks, PSC) at every volume of a long run, w
 included.
 """
 
-import queue
 
 import nibabel as nib
 import numpy as np
@@ -21,23 +20,12 @@ from rtfb.preprocess.realign import Realigner
 from rtfb.session.record_reader import load_record
 from rtfb.session.runner import Session
 from simulator import make_subject, write_subject
+from tests.session._sources import ListSource
 
 N_VOLUMES = 150
 TR = 2.0
 
 
-class ListSource:
-    """A live-like source over in-memory volumes (no timing: the order is what matters)."""
-
-    def __init__(self, volumes):
-        self.items = list(volumes)
-        self.running = True
-
-    def get(self, timeout=None):
-        if not self.items:
-            self.running = False
-            raise queue.Empty
-        return self.items.pop(0)
 
 
 METRICS = {

@@ -3,7 +3,6 @@ an early kill or of a simulated session, and a session at 10x under CPU load."""
 
 import json
 import os
-import queue
 import signal
 import subprocess
 import sys
@@ -20,26 +19,16 @@ from rtfb.config import load_protocol
 from rtfb.feedback.publisher import FeedbackPublisher
 from rtfb.ingest import FolderWatcher, Volume
 from rtfb.session.record_reader import load_record
-from rtfb.session.runner import Session, replay_session
+from rtfb.session.replay import replay_session
+from rtfb.session.runner import Session
 from tests.session._protocols import alff_protocol, subject
+from tests.session._sources import ListSource
 
 pytestmark = pytest.mark.timeout(600)
 
 COMPARED = ("index", "feedback", "feedback_value", "metrics", "motion", "fd", "flags")
 
 
-class ListSource:
-    """Hands out prepared items, then stops (like a watcher whose scanner finished)."""
-
-    def __init__(self, items):
-        self.items = list(items)
-        self.running = True
-
-    def get(self, timeout=None):
-        if not self.items:
-            self.running = False
-            raise queue.Empty
-        return self.items.pop(0)
 
 
 @pytest.fixture(scope="module")

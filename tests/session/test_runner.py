@@ -18,7 +18,8 @@ from rtfb.display.headless import HeadlessDisplay
 from rtfb.feedback.publisher import FeedbackPublisher
 from rtfb.ingest import FolderWatcher
 from rtfb.session.record_reader import load_record
-from rtfb.session.runner import Session, replay_session
+from rtfb.session.replay import replay_session
+from rtfb.session.runner import Session
 from simulator import stream
 from tests.session._protocols import alff_protocol, subject
 

@@ -1,6 +1,7 @@
 """TR clock: absolute schedule, no accumulated error, stoppable, jitter report.
 
-Timing assertions are deliberately loose (2 shared cores, other jobs running).
+Schedules are checked in virtual time (exact on a busy machine); the few wall-clock checks
+are loose bounds (2 shared cores, other jobs running).
 """
 
 from __future__ import annotations
@@ -15,16 +16,6 @@ from simulator.clock import TimingReport, TRClock, run_ticks
 
 N_TICKS = 50
 INTERVAL = 0.010
-
-
-def _run(callback, n=N_TICKS, interval=INTERVAL):
-    clock = TRClock(interval)
-    clock.start()
-    fired = []
-    for k in clock.ticks(n):
-        fired.append(time.perf_counter() - clock.t0)
-        callback(k)
-    return clock, np.array(fired)
 
 
 class _VirtualTime:
@@ -60,13 +51,24 @@ def test_slow_callback_does_not_accumulate(monkeypatch):
     assert (np.diff(fired) > 0).all()
 
 
-def test_late_tick_is_caught_up():
-    # one 45 ms hiccup: the following ticks fire at once until back on schedule
-    clock, fired = _run(lambda k: time.sleep(0.045 if k == 5 else 0.0))
+def test_late_tick_is_caught_up(monkeypatch):
+    # virtual time, no wall clock: one 45 ms hiccup at tick 5 (4.5 intervals); the next
+    # ticks fire at once, back to back, until the schedule is met again, then on time
+    vt = _VirtualTime()
+    monkeypatch.setattr("simulator.clock.time.sleep", vt.sleep)
+    clock = TRClock(INTERVAL, timer=vt.timer)
+    clock.start()
+    fired = []
+    for k in clock.ticks(N_TICKS):
+        fired.append(vt.now - clock.t0)
+        vt.sleep(0.045 if k == 5 else 0.0001)
+    fired = np.array(fired)
     targets = np.arange(N_TICKS) * INTERVAL
-    assert fired[-1] < (N_TICKS - 1) * INTERVAL + 0.1
-    assert fired[6] - targets[6] > 0.02  # late right after the hiccup
-    assert np.median(fired[20:] - targets[20:]) < 0.005  # on schedule again
+    late = fired - targets
+    assert (late >= 0).all()
+    assert late[6] > 0.02  # late right after the hiccup
+    assert (np.diff(late[6:11]) < 0).all()  # catching up: each tick less late
+    assert (late[20:] < clock.spin + 1e-5).all()  # on schedule again
     report = clock.report()
     assert report.n == N_TICKS
     assert report.max > 0.02
