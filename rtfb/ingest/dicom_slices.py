@@ -1,5 +1,10 @@
 """Single-slice DICOM series (GE and others: one file per slice): stacking the slice files of one
 volume by their position along the slice normal, after checking that they form one regular stack.
+
+Slices are read ahead: the probe of a complete slice file (what the watcher does as each slice
+arrives) reads, decodes, scales and reads it out (:func:`preload_slice`), so that stacking
+the volume when its last slice lands is numpy work on arrays already there. A slice that is
+incomplete, or that changed since it was read ahead (size or mtime), is read again then.
 """
 
 from __future__ import annotations
@@ -296,9 +301,9 @@ def preload_slice(path: str | os.PathLike) -> None:
             return
         _refuse_tiled(f.ds, f.name)
         entry = _slice_of(f, csa)
+        del f.ds.PixelData  # decoded and scaled in the entry: the cache keeps the header only
     except Exception:  # noqa: BLE001 - incomplete or bad: the reader reports it when asked
         return
-    del f.ds.PixelData  # decoded and scaled in the entry: the cache keeps the header only
     if _file_key(path) != key:
         return  # changed while read
     _PRELOADED[key] = entry

@@ -3,8 +3,10 @@
 The scanner (or its export tool, or the simulator) writes one file per volume (Siemens mosaic
 DICOM, NIfTI, PAR/REC) or one file per slice (GE-style DICOM) into a folder, often a network
 share. :class:`FolderWatcher` polls that folder with :func:`os.scandir` (inotify does not see
-writes made by another machine on a share), decides that a file is complete by trying to read
-it (not by waiting for its size to settle, which costs a poll interval or more), and hands
+writes made by another machine on a share; between polls a change of the folder's mtime, a
+file created or renamed in, triggers the listing at once), decides that a file is complete
+by trying to read it (not by waiting for its size to settle, which costs a poll interval or
+more), stacks a slice volume as soon as its last slice is there, and hands
 complete :class:`~rtfb.ingest.volume.Volume` objects, in index order, through a bounded queue
 to the processing thread, together with :class:`~rtfb.ingest.ordering.Missing` and
 :class:`~rtfb.ingest.ordering.Late` events. Nothing is dropped silently: every file ignored is
