@@ -9,7 +9,7 @@ Keys, defaults and the shipped protocols: ``docs/protocols.md``.
 """
 
 from ..exceptions import ProtocolError
-from .protocol import (
+from .model import (
     Block,
     FeedbackConfig,
     FrozenMap,
@@ -20,10 +20,8 @@ from .protocol import (
     Protocol,
     RoiConfig,
     SessionConfig,
-    load_protocol,
-    loads_protocol,
-    parse_protocol,
 )
+from .protocol import load_protocol, loads_protocol, parse_protocol
 
 __all__ = [
     "Block",

@@ -94,7 +94,7 @@ def read_protocol_info(session_dir) -> dict[str, Any]:
         (condition, volumes, feedback), ``feedback`` (whether the participant sees
         feedback) and ``lock`` (the series lock, when the record has one).
     """
-    from ..config.protocol import PreprocessConfig
+    from ..config import PreprocessConfig
 
     session_dir = Path(session_dir)
     try:

@@ -8,9 +8,10 @@ import numpy as np
 
 from .._utils.checks import _check_option, check_finite_array, check_int
 from ..ingest.volume import Volume
+from .design import DriftModel, NuisanceDesign
 from .fd import FramewiseDisplacement
 from .masks import compute_brain_mask
-from .nuisance import DriftModel, IncrementalGLM, NuisanceDesign
+from .nuisance import IncrementalGLM
 from .realign import Realigner
 from .smooth import Smoother
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from ..preprocess.masks import mni_roi_to_native, register_to_mni, resample_roi
+from ..preprocess.masks import mni_roi_to_native, resample_roi
+from ..preprocess.registration import register_to_mni
 
 logger = logging.getLogger("rtfb.session")
 

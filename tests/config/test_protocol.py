@@ -176,6 +176,7 @@ def test_insula_seed_fc():
     assert p.feedback.change == "difference"
     assert p.baseline_block.condition == "baseline"
     assert p.preprocess.motion_regressors
+    assert p.preprocess.interpolation == "cubic"  # voxel-wise FC (docs/methods.md)
 
 
 def test_acupuncture_monitoring():

@@ -10,14 +10,13 @@ from nibabel.processing import resample_from_to
 
 from rtfb.ingest.volume import Volume
 from rtfb.preprocess.masks import (
-    _euler,
     compute_brain_mask,
     load_mask,
     mni_roi_to_native,
-    register_to_mni,
     resample_roi,
     sphere_roi,
 )
+from rtfb.preprocess.registration import _euler, register_to_mni
 
 DATA = Path(__file__).parents[2].parent / "shared" / "data" / "pyneal"
 TEMPLATE = DATA / "MNI152_T1_2mm_brain.nii.gz"

@@ -1,14 +1,14 @@
 import numpy as np
 import pytest
 
-from rtfb.preprocess.nuisance import (
+from rtfb.preprocess.design import (
     DriftModel,
-    IncrementalGLM,
     NuisanceDesign,
     drift_regressors,
     drift_row,
     motion_regressors,
 )
+from rtfb.preprocess.nuisance import IncrementalGLM
 
 # ----------------------------------------------------------------------------- oracle
 

@@ -3,8 +3,8 @@ import pytest
 from scipy import ndimage
 
 from rtfb.ingest import Volume
+from rtfb.preprocess.design import drift_regressors
 from rtfb.preprocess.fd import framewise_displacement
-from rtfb.preprocess.nuisance import drift_regressors
 from rtfb.preprocess.pipeline import Preprocessor
 from rtfb.preprocess.realign import Realigner
 from simulator import make_subject

@@ -104,3 +104,26 @@ def test_bad_input(still_reference):
         Realigner(fwhm=0).fit(ref, affine)
     with pytest.raises(ValueError, match="lost the volume"):
         realigner.estimate(ref, init=[200, 0, 0, 0, 0, 0])
+
+
+@pytest.mark.parametrize("shift", [(0.25, 0.0, 0.0), (0.5, 0.5, 0.0), (0.3, 0.1, 0.4)])
+def test_resampling_shrinks_voxel_noise(shift, rng):
+    """Why voxel-wise seed FC needs cubic resampling under motion (docs/methods.md, feedback
+    validity): trilinear interpolation at a sub-voxel offset d multiplies the variance of
+    white voxel noise by prod((1 - d)^2 + d^2) (analytic), cubic B-splines by much less."""
+    shape, zooms = (40, 40, 24), np.array([3.0, 3.0, 3.0])
+    affine = np.diag([*zooms, 1.0])
+    matrix = np.eye(4)
+    matrix[:3, 3] = np.asarray(shift) * zooms  # a pure translation of d voxels
+    noise = rng.standard_normal((4, *shape))
+    inner = (slice(3, -3),) * 3
+    d = np.asarray(shift)
+    expected = np.prod((1 - d) ** 2 + d**2)
+    var = {}
+    for interpolation in ("linear", "cubic"):
+        realigner = Realigner(interpolation=interpolation).fit(noise[0], affine)
+        var[interpolation] = np.mean([realigner.resample(n, matrix)[inner].var() for n in noise])
+    assert var["linear"] == pytest.approx(expected, rel=0.03)
+    # cubic: less than half the shrinkage in log terms (measured 0.87, 0.58, 0.63 against
+    # trilinear 0.625, 0.25, 0.25)
+    assert var["cubic"] > np.sqrt(expected)

@@ -10,9 +10,9 @@ pytest.importorskip("matplotlib")
 
 from rtfb.session.record_reader import load_record  # noqa: E402
 from rtfb.session.report import (  # noqa: E402
-    _find_fd_threshold,
-    _targets,
     build_report_html,
+    feedback_targets,
+    find_fd_threshold,
     write_report,
 )
 
@@ -205,17 +205,17 @@ def test_html_is_escaped(tmp_path):
 def test_fd_threshold_and_target_found(tmp_path):
     fake = write_fake_session(tmp_path)
     record = load_record(fake["dir"])
-    assert _find_fd_threshold(record) == FD_THRESHOLD
+    assert find_fd_threshold(record) == FD_THRESHOLD
     (fake["dir"] / "protocol.toml").write_text('name = "x"\n')
-    assert _find_fd_threshold(record) is None
+    assert find_fd_threshold(record) is None
     assert "FD censoring threshold is not recorded" in build_report_html(record)
     assert "FD censoring threshold is not recorded" not in build_report_html(
         record, fd_threshold=0.3)
-    targets = _targets(record.messages)
+    targets = feedback_targets(record.messages)
     assert len(targets) == len(record.messages)
     assert {t for _, t in targets} == {TARGET}
-    assert _targets([{"topic": "status", "message": {"state": "ok"}}]) == []
-    assert _targets([{"topic": "f", "message": {"feedback": {"target": {"value": 2}},
+    assert feedback_targets([{"topic": "status", "message": {"state": "ok"}}]) == []
+    assert feedback_targets([{"topic": "f", "message": {"feedback": {"target": {"value": 2}},
                                                 "index": 4}}]) == [(4, 2.0)]
 
 
@@ -224,13 +224,13 @@ def test_no_target_line_without_feedback_blocks(tmp_path, monkeypatch):
 
     fake = write_fake_session(tmp_path)
     seen = []
-    original = report._plot_feedback
+    original = report.plot_feedback
 
     def spy(series, runs, colors, targets, *args):
         seen.append(targets)
         return original(series, runs, colors, targets, *args)
 
-    monkeypatch.setattr(report, "_plot_feedback", spy)
+    monkeypatch.setattr(report, "plot_feedback", spy)
     record = load_record(fake["dir"])
     build_report_html(record)
     assert seen[-1] and {t for _, t in seen[-1]} == {TARGET}
