@@ -430,6 +430,28 @@ def _pixel_spacing(ds: Dataset, name: str) -> np.ndarray:
     return np.asarray([float(v) for v in spacing])
 
 
+def _regular_step(label: str, positions: np.ndarray, gaps: np.ndarray, normal: np.ndarray,
+                  rtol: float, uneven: str) -> np.ndarray:
+    """LPS step between consecutive slices of a stack, after checking that it is regular.
+
+    ``positions`` (n x 3, LPS mm) are the slices in order along the unit ``normal`` and
+    ``gaps`` (n - 1) the distances between consecutive slices along it. The gaps must all be
+    within ``rtol`` of their median, and each step must follow the normal (no tilt or shear)
+    to within ``rtol`` of the median gap. Errors name ``label``; an uneven spacing ends with
+    ``uneven`` (what it means for this reader).
+    """
+    median = float(np.median(gaps))
+    if np.abs(gaps - median).max() > rtol * median:
+        raise IngestError(f"{label}: uneven slice spacing (from {gaps.min():.3f} to "
+                          f"{gaps.max():.3f} mm along the slice normal): {uneven}.")
+    steps = np.diff(positions, axis=0)
+    off_axis = steps - np.outer(gaps, normal)
+    if np.linalg.norm(off_axis, axis=1).max() > rtol * median:
+        raise IngestError(f"{label}: slice positions do not follow the slice normal (tilted "
+                          f"or sheared stack): not supported; {CONVERT_ADVICE}.")
+    return (positions[-1] - positions[0]) / (len(positions) - 1)
+
+
 def _n_frames(ds: Dataset) -> int:
     value = _number(ds, "NumberOfFrames", int)
     return value if value is not None and value > 0 else 1

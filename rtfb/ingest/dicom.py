@@ -47,6 +47,7 @@ from .dicom_enhanced import enhanced_volumes, probe_enhanced
 from .dicom_mosaic import _mosaic_index, _mosaic_volume
 from .dicom_slices import (
     _slice_index_and_part,
+    _slice_of,
     _slices_per_volume,
     _stack,
     preload_slice,
@@ -133,7 +134,7 @@ def _read_dicom(path: str | os.PathLike) -> Volume:
     _refuse_tiled(f.ds, f.name)
     n_slices = _slices_per_volume(f.ds)
     if n_slices == 1:
-        return _stack([f], n_slices=1)
+        return _stack([_slice_of(f, csa)], n_slices=1)
     if n_slices is None:
         raise IngestError(f"{f.name}: one slice of a single-slice DICOM series; read the slice "
                           f"files of one volume together with read_dicom_slices(), or watch "

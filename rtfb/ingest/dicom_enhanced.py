@@ -47,11 +47,12 @@ from ._dicom_common import (
     _philips_scale,
     _pixels,
     _positive_int,
+    _regular_step,
     _series_key,
     _tm_seconds,
     _to_volume_layout,
 )
-from ._files import CONVERT_ADVICE, source_name
+from ._files import source_name
 from ._timing import checked_slice_timing
 from .volume import Volume
 
@@ -385,19 +386,8 @@ def _stack_step(name: str, first: np.ndarray, centres: np.ndarray,
     """LPS step between consecutive slices, after checking the stack is regular."""
     if len(centres) == 1:
         return normal.copy()
-    gaps = np.diff(centres)
-    median = float(np.median(gaps))
-    if np.abs(gaps - median).max() > _RTOL * median:
-        raise IngestError(f"{name}: uneven slice spacing (from {gaps.min():.3f} to "
-                          f"{gaps.max():.3f} mm along the slice normal): not one regular "
-                          f"stack.")
-    steps = np.diff(first, axis=0)
-    off_axis = steps - np.outer(gaps, normal)
-    if np.linalg.norm(off_axis, axis=1).max() > _RTOL * median:
-        raise IngestError(f"{name}: slice positions do not follow the slice normal (tilted "
-                          f"or sheared stack): not supported; "
-                          f"{CONVERT_ADVICE}.")
-    return (first[-1] - first[0]) / (len(first) - 1)
+    return _regular_step(name, first, np.diff(centres), normal, _RTOL,
+                         "not one regular stack")
 
 
 def _enhanced_header(ds: Dataset) -> dict[str, Any]:

@@ -3,8 +3,10 @@
 The scanner (or its export tool, or the simulator) writes one file per volume (Siemens mosaic
 DICOM, NIfTI, PAR/REC) or one file per slice (GE-style DICOM) into a folder, often a network
 share. :class:`FolderWatcher` polls that folder with :func:`os.scandir` (inotify does not see
-writes made by another machine on a share), decides that a file is complete by trying to read
-it (not by waiting for its size to settle, which costs a poll interval or more), and hands
+writes made by another machine on a share; between polls a change of the folder's mtime, a
+file created or renamed in, triggers the listing at once), decides that a file is complete
+by trying to read it (not by waiting for its size to settle, which costs a poll interval or
+more), stacks a slice volume as soon as its last slice is there, and hands
 complete :class:`~rtfb.ingest.volume.Volume` objects, in index order, through a bounded queue
 to the processing thread, together with :class:`~rtfb.ingest.ordering.Missing` and
 :class:`~rtfb.ingest.ordering.Late` events. Nothing is dropped silently: every file ignored is
@@ -113,6 +115,15 @@ class FolderWatcher(AcquisitionSource):
     poll_interval : float
         Seconds between listings of the folder (default 10 ms). A complete file is delivered
         within about one interval plus the time to read it.
+    change_interval : float
+        Seconds between checks, while waiting for the next listing, of the folder's own
+        modification time (default 2 ms): when a file is created in, renamed into or
+        removed from the folder, it is listed at once instead of at the next poll (a file
+        written in place is listed at once when it is created, and seen growing at the
+        next polls). One ``stat`` of the folder per check; the wait after a listing is
+        never shorter than the listing took, so listing a large folder uses at most half
+        of a core. File systems whose folder times lag or are coarse (some network
+        shares) just fall back on ``poll_interval``.
     queue_size : int
         Capacity of the queue read by :meth:`get`. When it is full the acquisition thread
         waits (back-pressure, logged and measured), it never drops a volume.
@@ -177,6 +188,7 @@ class FolderWatcher(AcquisitionSource):
     _log_name = "watcher"
 
     def __init__(self, directory: str | os.PathLike, *, poll_interval: float = 0.01,
+                 change_interval: float = 0.002,
                  queue_size: int = 32, gap_timeout: float = 3.0,
                  incomplete_timeout: float = 5.0, series: str | None = None,
                  pattern: str | re.Pattern | None = None, first_index: int | None = 0,
@@ -189,6 +201,7 @@ class FolderWatcher(AcquisitionSource):
         _validate_type(directory, (str, os.PathLike), "directory")
         self.directory = os.fspath(directory)
         self.poll_interval = check_positive_number(poll_interval, "poll_interval")
+        self.change_interval = check_positive_number(change_interval, "change_interval")
         self.incomplete_timeout = check_positive_number(incomplete_timeout,
                                                         "incomplete_timeout")
         self.retry_interval = check_positive_number(retry_interval, "retry_interval")
@@ -204,6 +217,7 @@ class FolderWatcher(AcquisitionSource):
         self.stall_threshold = check_positive_number(stall_threshold, "stall_threshold")
         self._first_poll = True
         self._prev_poll = -math.inf
+        self._listed_mtime: int | None = None  # folder mtime just before the last listing
         self._probe = probe if probe is not None else _default_reader("probe")
         self._reader = reader if reader is not None else _default_reader("read_volume")
         self._slice_reader = (slice_reader if slice_reader is not None
@@ -255,10 +269,31 @@ class FolderWatcher(AcquisitionSource):
                 except Exception as err:  # the thread must survive anything
                     self._log_loop_error(err)
                 self._prev_poll = t0
-                remaining = self.poll_interval - (time.perf_counter() - t0)
-                self._stop_event.wait(max(0.0, self._handoff.time_to_deadline(remaining)))
+                took = time.perf_counter() - t0
+                self._wait(max(0.0, self._handoff.time_to_deadline(self.poll_interval - took)),
+                           took)
         finally:
             self._handoff.close()
+
+    def _wait(self, seconds: float, at_least: float) -> None:
+        """Wait ``seconds`` before the next listing; less if the folder changes (its mtime,
+        checked every ``change_interval`` after ``at_least`` seconds) or at :meth:`stop`.
+        """
+        end = time.perf_counter() + seconds
+        step = max(self.change_interval, at_least)
+        while True:
+            left = end - time.perf_counter()
+            if left <= 0 or self._stop_event.wait(min(step, left)):
+                return
+            if self._folder_mtime() != self._listed_mtime:
+                return
+            step = self.change_interval
+
+    def _folder_mtime(self) -> int | None:
+        try:
+            return os.stat(self.directory).st_mtime_ns
+        except OSError:
+            return None
 
     def _log_loop_error(self, err: Exception) -> None:
         key = f"{type(err).__name__}: {err}"
@@ -281,6 +316,7 @@ class FolderWatcher(AcquisitionSource):
         return self._pattern.fullmatch(name) is None
 
     def _poll(self, now: float) -> None:
+        self._listed_mtime = self._folder_mtime()  # before listing: a later change is seen
         try:
             entries = os.scandir(self.directory)
         except OSError as err:
@@ -595,67 +631,74 @@ class FolderWatcher(AcquisitionSource):
         group.retry = True
         f.state = _GROUPED
         f.group = key
+        if len(group.parts) >= (group.n_parts or self._slice_counts.count(group.series) or
+                                math.inf):
+            self._try_group(key)  # the last slice: stack the volume now, not after the poll
 
     def _try_groups(self) -> None:
         for key in sorted(self._groups, key=lambda k: k[1]):
-            group = self._groups[key]
-            now = time.perf_counter()
-            if self._handoff.is_known(group.index):  # e.g. delivered from a copy meanwhile
-                self._finish_group(key, duplicate=True)
-                continue
-            if group.n_parts == 0:
-                group.n_parts = self._slice_counts.count(group.series)
-            if group.n_parts == 0 or len(group.parts) < group.n_parts:
-                if group.n_parts and not group.reported and \
-                        now - group.changed_at >= self.incomplete_timeout:
-                    group.reported = True
-                    logger.warning("volume %d: only %d of %d slices arrived (first %s); "
-                                   "waiting for the rest", group.index, len(group.parts),
-                                   group.n_parts, group.parts[min(group.parts)])
-                    self._handoff.count("truncated")
-                    self._handoff.orderer.note(group.index, "slices missing")
-                continue
-            if not group.retry and group.changed_at <= group.last_try:
-                continue
-            if group.last_try > group.changed_at and now - group.last_try < self.retry_interval:
-                continue
-            group.last_try = now
-            names = [group.parts[p] for p in sorted(group.parts)]
-            first = names[0]
-            t_read = time.perf_counter()
-            try:
-                volume = self._slice_reader([os.path.join(self.directory, n) for n in names])
-            except IncompleteFileError as err:
-                if now - group.changed_at >= self.incomplete_timeout:
-                    group.retry = False
-                    logger.warning("volume %d (%s...): truncated slices, still incomplete "
-                                   "%.1f s after the last change (%s)", group.index, first,
-                                   now - group.changed_at, err)
-                    if not group.reported:
-                        group.reported = True
-                        self._handoff.count("truncated")
-                    self._handoff.orderer.note(group.index,
-                                               f"slices of {shown_name(first)} truncated")
-                continue
-            except Exception as err:
+            self._try_group(key)
+
+    def _try_group(self, key: tuple) -> None:
+        """Stack and deliver the slices of one volume if they are all there."""
+        group = self._groups[key]
+        now = time.perf_counter()
+        if self._handoff.is_known(group.index):  # e.g. delivered from a copy meanwhile
+            self._finish_group(key, duplicate=True)
+            return
+        if group.n_parts == 0:
+            group.n_parts = self._slice_counts.count(group.series)
+        if group.n_parts == 0 or len(group.parts) < group.n_parts:
+            if group.n_parts and not group.reported and \
+                    now - group.changed_at >= self.incomplete_timeout:
+                group.reported = True
+                logger.warning("volume %d: only %d of %d slices arrived (first %s); "
+                               "waiting for the rest", group.index, len(group.parts),
+                               group.n_parts, group.parts[min(group.parts)])
+                self._handoff.count("truncated")
+                self._handoff.orderer.note(group.index, "slices missing")
+            return
+        if not group.retry and group.changed_at <= group.last_try:
+            return
+        if group.last_try > group.changed_at and now - group.last_try < self.retry_interval:
+            return
+        group.last_try = now
+        names = [group.parts[p] for p in sorted(group.parts)]
+        first = names[0]
+        t_read = time.perf_counter()
+        try:
+            volume = self._slice_reader([os.path.join(self.directory, n) for n in names])
+        except IncompleteFileError as err:
+            if now - group.changed_at >= self.incomplete_timeout:
                 group.retry = False
-                kind = "unreadable" if isinstance(err, IngestError) else "reader error"
-                logger.warning("volume %d (%s...): slices %s (%s: %s); ignored unless they "
-                               "change", group.index, first, kind, type(err).__name__, err)
-                self._handoff.count("unreadable")
-                continue
-            read = time.perf_counter()
-            self._check_stall(first, "reading the slices of", t_read)
-            for n in names:
-                if n in self._files:
-                    self._restamp(self._files[n], os.path.join(self.directory, n))
-            mtime = max((self._files[n].stamp[1] for n in names if n in self._files),
-                        default=None)
-            mtime = None if mtime is None else mtime / 1e9
-            complete = self._complete_time(mtime, group.changed_after, t_read)
-            self._finish_group(key)
-            self._deliver(volume, first, group.index, seen=group.first_seen,
-                          complete=complete, mtime=mtime, read=read, info=group.info)
+                logger.warning("volume %d (%s...): truncated slices, still incomplete "
+                               "%.1f s after the last change (%s)", group.index, first,
+                               now - group.changed_at, err)
+                if not group.reported:
+                    group.reported = True
+                    self._handoff.count("truncated")
+                self._handoff.orderer.note(group.index,
+                                           f"slices of {shown_name(first)} truncated")
+            return
+        except Exception as err:
+            group.retry = False
+            kind = "unreadable" if isinstance(err, IngestError) else "reader error"
+            logger.warning("volume %d (%s...): slices %s (%s: %s); ignored unless they "
+                           "change", group.index, first, kind, type(err).__name__, err)
+            self._handoff.count("unreadable")
+            return
+        read = time.perf_counter()
+        self._check_stall(first, "reading the slices of", t_read)
+        for n in names:
+            if n in self._files:
+                self._restamp(self._files[n], os.path.join(self.directory, n))
+        mtime = max((self._files[n].stamp[1] for n in names if n in self._files),
+                    default=None)
+        mtime = None if mtime is None else mtime / 1e9
+        complete = self._complete_time(mtime, group.changed_after, t_read)
+        self._finish_group(key)
+        self._deliver(volume, first, group.index, seen=group.first_seen,
+                      complete=complete, mtime=mtime, read=read, info=group.info)
 
     def _finish_group(self, key: tuple, duplicate: bool = False) -> None:
         group = self._groups.pop(key)

@@ -5,6 +5,21 @@ from __future__ import annotations
 import numpy as np
 
 from .._utils.checks import check_finite_array, check_int
+from .._utils.jit import jit
+
+
+@jit
+def _track_runs(j, x, last, runlen, n_seen):
+    """Count the samples in a row that repeat the last value of signal ``j`` (kernel helper).
+
+    ``runlen[j]`` is 0 at the first sample and whenever the value changes; a window of
+    ``n`` samples is constant when ``runlen[j] >= n - 1``.
+    """
+    if n_seen == 0 or x[j] != last[j]:
+        runlen[j] = 0
+    else:
+        runlen[j] += 1
+    last[j] = x[j]
 
 
 class SlidingState:

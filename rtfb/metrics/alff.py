@@ -27,9 +27,9 @@ from .._utils.checks import (
     check_mask,
     check_positive_number,
 )
-from .._utils.jit import pjit, prange
+from .._utils.jit import jit, pjit, prange
 from ..preprocess.bandpass import bandpass, dpabi_band_indices, linear_detrend
-from ._sliding import SlidingState
+from ._sliding import SlidingState, _track_runs
 
 _BAND_RTOL = 1e-9  # f_k equal to a band edge up to rounding counts as inside
 CONVENTIONS = ("rtfb", "dpabi", "cpac")
@@ -243,6 +243,32 @@ def zalff(values, mask=None, convention: str = "rtfb") -> np.ndarray:
     return np.where(mask, (values - inside.mean()) / std, 0.0)
 
 
+@jit
+def _push(j, x, ref, buf, last, runlen, s0, s1, slot, n_seen):
+    """Take sample ``x[j]`` of signal ``j`` into the window (shared by both ALFF kernels).
+
+    Tracks the run of repeated values (a constant window gives ALFF = fALFF = 0), stores
+    the sample relative to the first one in ring-buffer ``slot`` and updates the running
+    sums of the window (``s0``: of the samples, ``s1``: of position x sample). Returns the
+    new sample and the one it replaced (0 while the window fills).
+    """
+    n = buf.shape[1]
+    if n_seen == 0:
+        ref[j] = x[j]
+    _track_runs(j, x, last, runlen, n_seen)
+    xv = x[j] - ref[j]
+    xo = 0.0
+    if n_seen < n:  # warm-up: append at position m = slot
+        s1[j] += slot * xv
+        s0[j] += xv
+    else:  # drop the oldest (position 0) and append at position n - 1
+        xo = buf[j, slot]
+        s1[j] += -(s0[j] - xo) + (n - 1) * xv
+        s0[j] += xv - xo
+    buf[j, slot] = xv
+    return xv, xo
+
+
 @pjit
 def _alff_update(x, ref, buf, last, runlen, s0, s1, yr, yi, pr, pi, er, ei, sel, n_sel,
                  slot, n_seen, alff_out, falff_out):
@@ -251,25 +277,8 @@ def _alff_update(x, ref, buf, last, runlen, s0, s1, yr, yi, pr, pi, er, ei, sel,
     head = (slot + 1) % n if n_seen + 1 > n else 0  # oldest slot after the update
     slope_den = n * (n * n - 1) / 12.0
     for j in prange(x.shape[0]):
-        if n_seen == 0:
-            ref[j] = x[j]
-            runlen[j] = 0
-        elif x[j] == last[j]:
-            runlen[j] += 1
-        else:
-            runlen[j] = 0
-        last[j] = x[j]
-        xv = x[j] - ref[j]
-        if n_seen < n:  # warm-up: append at position m = slot
-            d = xv
-            s1[j] += slot * xv
-            s0[j] += xv
-        else:  # drop the oldest (position 0) and append at position n - 1
-            xo = buf[j, slot]
-            d = xv - xo
-            s1[j] += -(s0[j] - xo) + (n - 1) * xv
-            s0[j] += d
-        buf[j, slot] = xv
+        xv, xo = _push(j, x, ref, buf, last, runlen, s0, s1, slot, n_seen)
+        d = xv - xo
         for k in range(n_bins):
             yr[j, k] += d * pr[slot, k]
             yi[j, k] += d * pi[slot, k]
@@ -305,29 +314,15 @@ def _alff_update_padded(x, ref, buf, last, runlen, s0, s1, yr, yi, pr, pi, dr, d
     head = (n_seen + 1 - n) % p_len if full_after else 0  # phase of the window's first sample
     slope_den = n * (n * n - 1) / 12.0
     for j in prange(x.shape[0]):
-        if n_seen == 0:
-            ref[j] = x[j]
-            runlen[j] = 0
-        elif x[j] == last[j]:
-            runlen[j] += 1
-        else:
-            runlen[j] = 0
-        last[j] = x[j]
-        xv = x[j] - ref[j]
+        xv, xo = _push(j, x, ref, buf, last, runlen, s0, s1, slot, n_seen)
         if n_seen < n:
-            s1[j] += slot * xv
-            s0[j] += xv
             for k in range(n_bins):
                 yr[j, k] += xv * pr[p_new, k]
                 yi[j, k] += xv * pi[p_new, k]
         else:
-            xo = buf[j, slot]
-            s1[j] += -(s0[j] - xo) + (n - 1) * xv
-            s0[j] += xv - xo
             for k in range(n_bins):
                 yr[j, k] += xv * pr[p_new, k] - xo * pr[p_old, k]
                 yi[j, k] += xv * pi[p_new, k] - xo * pi[p_old, k]
-        buf[j, slot] = xv
         if not full_after:
             continue
         if runlen[j] >= n - 1:

@@ -82,20 +82,15 @@ def degree_centrality(data4d, mask=None, threshold: float = 0.25, weighted: bool
                       block_size: int = 2048, convention: str = "rtfb") -> np.ndarray:
     """Degree centrality of every in-mask voxel (one of :func:`degree_centralities`' maps).
 
+    Both maps are computed in one pass; prefer :func:`degree_centralities` when both are
+    needed.
+
     Parameters
     ----------
-    data4d : array-like, shape (X, Y, Z, n)
-        Series, time on the last axis.
-    mask : array-like of bool, shape (X, Y, Z) | None
-        Voxels to use; ``None`` uses all.
-    threshold : float
-        Correlation threshold in (-1, 1).
+    data4d, mask, threshold, block_size, convention
+        As in :func:`degree_centralities`.
     weighted : bool
-        Sum correlations instead of counting them.
-    block_size : int
-        Rows of the correlation matrix computed at once.
-    convention : {"rtfb", "dpabi"}
-        Value of constant voxels: 0 (rtfb) or -1 (DPABI).
+        Return the weighted map (sum of correlations) instead of the binary one (count).
 
     Returns
     -------

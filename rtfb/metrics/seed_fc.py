@@ -10,7 +10,7 @@ import numpy as np
 
 from .._utils.checks import _check_option, check_finite_array
 from .._utils.jit import pjit, prange
-from ._sliding import SlidingState
+from ._sliding import SlidingState, _track_runs
 
 R_CLIP = 1.0 - 1e-7
 CONVENTIONS = ("rtfb", "dpabi")
@@ -73,12 +73,7 @@ def _fc_update(x, y, seed_state, buf, last, runlen, sums, slot, n_seen, out):
     for j in prange(x.shape[0]):
         if n_seen == 0:
             sums[j, 3] = x[j]  # reference value: sums are of x - ref
-            runlen[j] = 0
-        elif x[j] == last[j]:
-            runlen[j] += 1
-        else:
-            runlen[j] = 0
-        last[j] = x[j]
+        _track_runs(j, x, last, runlen, n_seen)
         xv = x[j] - sums[j, 3]
         if n_seen >= n:
             xo = buf[j, slot]

@@ -315,6 +315,30 @@ def test_slice_groups_assembled(tmp_path, make_watcher, caplog_ingest):
     assert SLICE_BYTES == slices[0, 0].nbytes
 
 
+def test_last_slice_stacks_its_volume_before_the_next_file_is_probed(tmp_path, make_watcher):
+    """A volume is stacked as soon as its last slice is probed, not after every other new
+    file of the same listing (here the first slice of the next volume)."""
+    for v, p in [(0, 0), (0, 1), (0, 2), (1, 0)]:
+        (tmp_path / f"ser_{v}_{p}.slc").write_bytes(np.full((4, 5), v, "<f4").tobytes())
+    calls = []
+
+    def probe(path):
+        calls.append(("probe", os.path.basename(path)))
+        return slice_probe(path)
+
+    def read(paths):
+        calls.append(("stack", tuple(os.path.basename(p) for p in paths)))
+        return slice_read(paths)
+
+    w = make_watcher(probe=probe, slice_reader=read)  # one listing finds all four files
+    item = w.get(timeout=5)
+    assert isinstance(item, Volume) and item.index == 0
+    wait_until(lambda: ("probe", "ser_1_0.slc") in calls)
+    stacked = ("stack", ("ser_0_0.slc", "ser_0_1.slc", "ser_0_2.slc"))
+    assert calls[:4] == [("probe", f"ser_0_{p}.slc") for p in range(3)] + [stacked]
+    assert calls[4] == ("probe", "ser_1_0.slc")
+
+
 def test_incomplete_slice_group_reported(tmp_path, make_watcher, caplog_ingest):
     (tmp_path / "ser_0_0.slc").write_bytes(np.zeros((4, 5), "<f4").tobytes())
     w = make_watcher(probe=slice_probe, incomplete_timeout=0.1)
@@ -388,6 +412,17 @@ def test_missing_directory_then_created(tmp_path, make_watcher, caplog_ingest):
     assert_volume(w.get(timeout=5), 0)
 
 
+def test_file_renamed_into_the_folder_is_listed_before_the_next_poll(tmp_path, make_watcher):
+    """The folder's mtime changes when a file is renamed into it: listed then, not at the
+    next poll (here 60 s away; the bound below is generous and only fails without it)."""
+    (tmp_path / "junk_00009.nii").write_bytes(b"x" * 400)  # unreadable: marks the 1st listing
+    w = make_watcher(poll_interval=60.0)
+    wait_until(lambda: w.stats.unreadable == 1)
+    (tmp_path / ".incoming").write_bytes(nii_bytes(vol_data(0)))
+    os.replace(tmp_path / ".incoming", tmp_path / fname(0))
+    assert_volume(w.get(timeout=20), 0)
+
+
 def test_lifecycle(tmp_path):
     w = FolderWatcher(tmp_path, probe=nii_probe, reader=nii_read, slice_reader=slice_read)
     assert not w.running and "stopped" in repr(w)
@@ -415,6 +450,7 @@ def test_volumes_waiting_behind_a_gap_released_at_stop(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, err", [({"poll_interval": 0}, ValueError),
+                                         ({"change_interval": -1}, ValueError),
                                          ({"queue_size": 0}, ValueError),
                                          ({"series": 3}, TypeError),
                                          ({"pattern": 3}, TypeError)])

@@ -12,17 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rtfb.metrics import (
-    alff,
-    degree_centralities,
-    degree_centrality,
-    falff,
-    malff,
-    reho,
-    seed_fc,
-    vmhc,
-    zalff,
-)
+from rtfb import metrics
 from rtfb.preprocess import bandpass
 
 REAL = Path(__file__).parents[2].parent / "shared" / "data" / "dpabi-reference" / "real.npz"
@@ -61,13 +51,13 @@ def _in_mask(values, mask):
 
 def test_alff_falff_match_dpabi_1e12(ref):
     mask, bold = ref["mask"], ref["bold"]
-    a = _in_mask(alff(bold[mask], ref["tr"], ref["band"], convention="dpabi"), mask)
-    f = _in_mask(falff(bold[mask], ref["tr"], ref["band"], convention="dpabi"), mask)
+    a = _in_mask(metrics.alff(bold[mask], ref["tr"], ref["band"], convention="dpabi"), mask)
+    f = _in_mask(metrics.falff(bold[mask], ref["tr"], ref["band"], convention="dpabi"), mask)
     # measured: ALFF 7.3e-13 abs (values up to 81, rel 1.2e-13); fALFF 1.6e-14 abs
     _close(a, ref["ref_ALFF"], atol=2e-12, rtol=1e-12)
     _close(f, ref["ref_fALFF"], atol=1e-13, rtol=1e-12)
     # the rtfb convention (no padding: 20 bins, not 32) is a different map
-    a_rtfb = _in_mask(alff(bold[mask], ref["tr"], ref["band"]), mask)
+    a_rtfb = _in_mask(metrics.alff(bold[mask], ref["tr"], ref["band"]), mask)
     assert np.abs(a_rtfb - ref["ref_ALFF"]).max() > 1e-3 * np.abs(ref["ref_ALFF"]).max()
 
 
@@ -76,20 +66,20 @@ def test_malff_zalff_match_dparsf_ddof1_1e12(ref):
     for name in ("ALFF", "fALFF"):
         m = ref[f"ref_{name}"]
         # measured: 5e-14 (m), 1.8e-13 (z) absolute
-        _close(malff(m, mask, convention="dpabi"), ref[f"ref_m{name}"], atol=1e-12)
-        _close(zalff(m, mask, convention="dpabi"), ref[f"ref_z{name}"], atol=1e-12)
+        _close(metrics.malff(m, mask, convention="dpabi"), ref[f"ref_m{name}"], atol=1e-12)
+        _close(metrics.zalff(m, mask, convention="dpabi"), ref[f"ref_z{name}"], atol=1e-12)
     # rtfb's ddof 0 differs by the factor sqrt((N - 1) / N)
     n = mask.sum()
-    z0 = zalff(ref["ref_ALFF"], mask)
+    z0 = metrics.zalff(ref["ref_ALFF"], mask)
     np.testing.assert_allclose(z0 * np.sqrt((n - 1) / n), ref["ref_zALFF"], atol=1e-12)
 
 
 @pytest.mark.parametrize("neighborhood", [7, 19, 27])
 def test_reho_matches_dpabi_3e16(ref, neighborhood):
-    got = reho(ref["bold"], ref["mask"], neighborhood, convention="dpabi")
+    got = metrics.reho(ref["bold"], ref["mask"], neighborhood, convention="dpabi")
     _close(got, ref[f"ref_ReHo{neighborhood}"], atol=3e-16)  # measured 5.6e-17
     # rtfb also computes the face voxels (here the slices z = 0 and z = 2)
-    rtfb = reho(ref["bold"], ref["mask"], neighborhood)
+    rtfb = metrics.reho(ref["bold"], ref["mask"], neighborhood)
     assert (rtfb[:, :, 0][ref["mask"][:, :, 0]] > 0).all()
     np.testing.assert_array_equal(rtfb[1:-1, 1:-1, 1:-1], got[1:-1, 1:-1, 1:-1])
 
@@ -105,7 +95,7 @@ def test_bandpass_matches_dpabi_ideal_filter_5e12(ref, filtered):
 
 
 def test_filtered_reho_matches_dpabi_3e16(ref, filtered):
-    got = reho(filtered, ref["mask"], 27, convention="dpabi")
+    got = metrics.reho(filtered, ref["mask"], 27, convention="dpabi")
     _close(got, ref["ref_ReHo27_filtered"], atol=3e-16)  # measured 5.6e-17
     # the DPARSF chain (float32 files between stages) gives the same ranks here
     _close(got, ref["ref_ReHo27_dparsf_chain"], atol=3e-16)
@@ -113,29 +103,30 @@ def test_filtered_reho_matches_dpabi_3e16(ref, filtered):
 
 def test_degree_centrality_matches_dpabi_exact_counts(ref, filtered):
     mask = ref["mask"]
-    b, w = degree_centralities(ref["bold"], mask, 0.25, convention="dpabi")
+    b, w = metrics.degree_centralities(ref["bold"], mask, 0.25, convention="dpabi")
     np.testing.assert_array_equal(b, ref["ref_DCbinary"])  # measured: identical
     np.testing.assert_allclose(w, ref["ref_DCweighted"], rtol=1e-14, atol=1e-12)  # 1.4e-13
-    bf, wf = degree_centralities(filtered, mask, 0.25, convention="dpabi")
+    bf, wf = metrics.degree_centralities(filtered, mask, 0.25, convention="dpabi")
     np.testing.assert_array_equal(bf, ref["ref_DCbinary_filtered"])
     np.testing.assert_allclose(wf, ref["ref_DCweighted_filtered"], rtol=1e-13, atol=1e-11)
     # DPARSF's chain writes the filtered series as float32 between stages
-    bc, wc = degree_centralities(filtered.astype(np.float32), mask, 0.25, convention="dpabi")
+    bc, wc = metrics.degree_centralities(filtered.astype(np.float32), mask, 0.25,
+                                         convention="dpabi")
     np.testing.assert_array_equal(bc, ref["ref_DCbinary_dparsf_chain"])
     np.testing.assert_allclose(wc, ref["ref_DCweighted_dparsf_chain"], rtol=1e-6, atol=1e-5)
     # the single-map function returns the same maps
-    np.testing.assert_array_equal(degree_centrality(filtered, mask, 0.25, weighted=True,
-                                                    convention="dpabi"), wf)
+    single = metrics.degree_centrality(filtered, mask, 0.25, weighted=True, convention="dpabi")
+    np.testing.assert_array_equal(single, wf)
 
 
 def test_vmhc_matches_dpabi_zvmhc_1e13(ref):
     mask, affine = ref["mask"], ref["affine"]
-    z = vmhc(ref["bold"], mask, affine, convention="dpabi")
+    z = metrics.vmhc(ref["bold"], mask, affine, convention="dpabi")
     _close(z, ref["ref_zVMHC"], atol=1e-13)  # measured 2.0e-15
     np.testing.assert_allclose(np.tanh(z), ref["ref_VMHC_r"], atol=1e-14)
     union = mask | mask[::-1]
-    zf = vmhc(bandpass(ref["bold"], ref["tr"], ref["band"], mask=union), mask, affine,
-              convention="dpabi")
+    zf = metrics.vmhc(bandpass(ref["bold"], ref["tr"], ref["band"], mask=union), mask, affine,
+                      convention="dpabi")
     _close(zf, ref["ref_zVMHC_filtered"], atol=1e-12)  # measured 4.9e-14
     np.testing.assert_allclose(np.tanh(zf), ref["ref_VMHC_r_filtered"], atol=1e-12)
     assert (z[ref["bold"].shape[0] // 2] == 0).all()
@@ -145,9 +136,9 @@ def test_seed_fc_matches_dpabi_zfc_1e12(ref, filtered):
     mask, seed = ref["mask"], ref["seed"]
     s = ref["bold"][seed].mean(axis=0)
     np.testing.assert_array_equal(s, ref["ref_SeedSeries"])
-    z = _in_mask(seed_fc(s, ref["bold"][mask], convention="dpabi"), mask)
+    z = _in_mask(metrics.seed_fc(s, ref["bold"][mask], convention="dpabi"), mask)
     _close(z, ref["ref_zFC"], atol=1e-13)  # measured 6.7e-16
     sf = filtered[seed].mean(axis=0)
     np.testing.assert_allclose(sf, ref["ref_SeedSeries_filtered"], atol=1e-12)  # 1.4e-13
-    zf = _in_mask(seed_fc(sf, filtered[mask], convention="dpabi"), mask)
+    zf = _in_mask(metrics.seed_fc(sf, filtered[mask], convention="dpabi"), mask)
     _close(zf, ref["ref_zFC_filtered"], atol=1e-12)  # measured 6.3e-14
