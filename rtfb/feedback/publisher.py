@@ -12,6 +12,7 @@ they already had.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import queue
@@ -82,6 +83,14 @@ def check_bind_address(address: str, allow_remote: bool = False) -> str:
     return f"tcp://{host}:{port}"
 
 
+def _withheld(msg: FeedbackMessage) -> FeedbackMessage:
+    """``msg`` too late to be shown: no value, flagged ``stale`` (the display keeps its
+    last state and marks that the session is catching up).
+    """
+    flags = tuple(msg.flags) + (() if "stale" in msg.flags else ("stale",))
+    return dataclasses.replace(msg, value=None, flags=flags)
+
+
 class FeedbackPublisher:
     """Publish feedback and status messages on a ZeroMQ XPUB socket.
 
@@ -118,7 +127,8 @@ class FeedbackPublisher:
     stats : dict
         Counters: ``published`` (accepted by :meth:`publish`), ``sent``, ``resent`` (to late
         joiners), ``subscriptions`` (subscribe frames seen), ``dropped`` (queue full or
-        ZeroMQ refused), ``callback_errors``.
+        ZeroMQ refused), ``withheld`` (feedback sent after its ``deadline``, value withheld),
+        ``callback_errors``.
 
     Notes
     -----
@@ -146,7 +156,7 @@ class FeedbackPublisher:
         self.linger = float(linger) if linger == 0 else check_positive_number(linger, "linger")
         self._queue: queue.Queue = queue.Queue(maxsize=check_int(max_queue, "max_queue", 1))
         self.stats = {"published": 0, "sent": 0, "resent": 0, "subscriptions": 0,
-                      "dropped": 0, "callback_errors": 0}
+                      "dropped": 0, "withheld": 0, "callback_errors": 0}
         self._stats_lock = threading.Lock()
         self._subscribed = threading.Condition(self._stats_lock)
         self._thread: threading.Thread | None = None
@@ -236,7 +246,8 @@ class FeedbackPublisher:
     # ------------------------------------------------------------------ publishing
 
     def publish(self, topic: bytes | str,
-                message: FeedbackMessage | StatusMessage | Mapping[str, Any]) -> bool:
+                message: FeedbackMessage | StatusMessage | Mapping[str, Any], *,
+                deadline: float | None = None) -> bool:
         """Queue one message for sending; never blocks.
 
         Parameters
@@ -245,6 +256,12 @@ class FeedbackPublisher:
             ``b"feedback"`` or ``b"status"`` (must match the message type).
         message : FeedbackMessage | StatusMessage | dict
             The message; ``time_published`` is set when it is sent.
+        deadline : float | None
+            Feedback messages: the latest send time (epoch s) at which their value may
+            still be shown. A message sent later (the publisher's thread was starved, a
+            queue built up) goes out with its value withheld (``value`` null, flag
+            ``stale``), so a late value is never shown as fresh; ``on_sent`` sees the
+            message as sent.
 
         Returns
         -------
@@ -268,7 +285,7 @@ class FeedbackPublisher:
         if not self.running or self._stopping:
             raise RuntimeError("the publisher is not running (call start()).")
         try:
-            self._queue.put_nowait((topic_b, msg))
+            self._queue.put_nowait((topic_b, msg, deadline))
         except queue.Full:
             self._count("dropped")
             logger.warning("feedback publisher queue full: message dropped")
@@ -369,9 +386,13 @@ class FeedbackPublisher:
                 return False
             if item is _STOP:
                 return True
-            topic, msg = item
+            topic, msg, deadline = item
             # strictly increasing, even if the wall clock steps back: displays order by it
             self._last_stamp = max(self._clock(), self._last_stamp + 1e-6)
+            if (deadline is not None and self._last_stamp > deadline
+                    and isinstance(msg, FeedbackMessage) and msg.value is not None):
+                msg = _withheld(msg)
+                self._count("withheld")
             frames = encode(topic, msg, time_published=self._last_stamp)
             if self.key is not None:
                 frames = sign_frames(frames, self.key)

@@ -79,7 +79,7 @@ class SessionStatus:
 
 
 class _NoPublisher:
-    def publish(self, topic, message):
+    def publish(self, topic, message, deadline=None):
         pass
 
 
@@ -204,7 +204,8 @@ class Session:
                                       "--resume to continue it or choose another --out.")
             self.session_id = uuid.uuid4().hex[:12]
         self.recorder = SessionRecorder(self.out_dir)
-        self._lines = VolumeLines(self.recorder, on_latency=self._set_latency)
+        self._lines = VolumeLines(self.recorder, on_latency=self._set_latency,
+                                  on_withheld=self._count_withheld)
         if not self.resume:  # before any volume: a kill at any moment leaves a resumable record
             self.recorder.write_session(self._session_info(None), self.protocol.path)
 
@@ -316,13 +317,23 @@ class Session:
     def _set_latency(self, latency_ms: float | None) -> None:
         self.status.latency_ms = latency_ms
 
-    def _publish(self, topic: str, message: dict) -> bool:
-        """Hand a message to the publisher; False if it was not queued for sending."""
+    def _count_withheld(self) -> None:  # publisher thread: a value sent after its deadline
+        self.status.stale += 1
+        self.status.catching_up = True
+
+    def _publish(self, topic: str, message: dict, deadline: float | None = None) -> bool:
+        """Hand a message to the publisher; False if it was not queued for sending.
+
+        ``deadline``: the latest send time at which a feedback value may be shown (later,
+        the publisher withholds it, see :meth:`FeedbackPublisher.publish`).
+        """
         if self._silent:
             return False
         message["time_published"] = time.time()
         try:
-            return self.publisher.publish(topic, message) is not False
+            if deadline is None:
+                return self.publisher.publish(topic, message) is not False
+            return self.publisher.publish(topic, message, deadline=deadline) is not False
         except RuntimeError as err:  # publisher down: the session and its record go on
             if not getattr(self, "_publisher_down", False):
                 self._publisher_down = True
@@ -499,7 +510,10 @@ class Session:
             deferred = not isinstance(self.publisher, _NoPublisher)
             if deferred:  # written by record_message once sent (real send time)
                 self._lines.defer(index, entry)
-            if not self._publish("feedback", msg) or not deferred:
+            origin = latency_origin(times)
+            deadline = (None if shown is None or origin is None or self.replay_stale is not None
+                        else origin + self.max_delay)
+            if not self._publish("feedback", msg, deadline) or not deferred:
                 self._lines.write_now(index, entry)
         self._submit_maps(index, block)
         self._processed.add(index)

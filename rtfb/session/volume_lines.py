@@ -6,7 +6,9 @@ just before it hands the feedback message to the publisher; the publisher's thre
 ``published``, computes ``latency_ms`` (file complete -> sent), writes the line and asks
 for an fsync in the background. Writing and fsyncing the record therefore stays off the
 processing thread's latency path. Lines whose message is never reported sent (dropped, or
-the publisher stopped) are written by :meth:`VolumeLines.flush` with the hand-off time.
+the publisher stopped) are written by :meth:`VolumeLines.flush` with the hand-off time. A
+value the publisher withheld because it was sent after its deadline is recorded as such
+(flag ``stale``, ``feedback`` null).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ class VolumeLines:
         Writes the lines (``write_volume``, ``request_sync``).
     on_latency : callable | None
         Called with each written line's ``latency_ms`` (the live status).
+    on_withheld : callable | None
+        Called (no argument) when a value was withheld at send time (the live status).
 
     Attributes
     ----------
@@ -38,9 +42,11 @@ class VolumeLines:
         processing thread subtracts from ``max_delay`` when it decides freshness.
     """
 
-    def __init__(self, recorder, on_latency: Callable[[float | None], None] | None = None):
+    def __init__(self, recorder, on_latency: Callable[[float | None], None] | None = None,
+                 on_withheld: Callable[[], None] | None = None):
         self.recorder = recorder
         self.on_latency = on_latency
+        self.on_withheld = on_withheld
         self.send_lag = 0.0
         self._pending: dict[int, dict] = {}
         self._lock = threading.Lock()
@@ -62,6 +68,12 @@ class VolumeLines:
             entry = self._pending.pop(message.get("volume_index"), None)
         if entry is None:
             return
+        flags = message.get("flags") or ()
+        if "stale" in flags and "stale" not in entry["flags"]:  # withheld at send time
+            entry["flags"].append("stale")
+            entry["feedback"] = None
+            if self.on_withheld is not None:
+                self.on_withheld()
         sent = message.get("time_published")
         if isinstance(sent, (int, float)):  # hand-off -> send lag, decaying maximum
             lag = max(0.0, sent - entry["times"]["published"])

@@ -221,3 +221,35 @@ def test_wait_for_subscriptions_counts_displays():
             sub.close()
         ctx.term()
         pub.stop()
+
+
+def test_value_sent_after_its_deadline_is_withheld():
+    # the freshness rule applied at the last moment: a message that leaves the publisher
+    # after its deadline carries no value and the flag "stale", and on_sent sees it so
+    sent = []
+    pub = FeedbackPublisher(ANY_PORT, SESSION, linger=0.2,
+                            on_sent=lambda t, m: sent.append(m)).start()
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.subscribe(b"feedback")
+    sub.connect(pub.endpoint)
+    try:
+        assert pub.wait_for_subscriptions(1, timeout=30)
+        now = time.time()
+        assert pub.publish(b"feedback", feedback(0, 0.7), deadline=now - 1.0)  # too late
+        assert pub.publish(b"feedback", feedback(1, 0.8), deadline=now + 3600.0)  # in time
+        assert pub.publish(b"feedback", feedback(2, 0.9))  # no deadline
+        got = {}
+        while len(got) < 3 and sub.poll(30_000):
+            _, msg = decode(sub.recv_multipart())
+            got[msg["volume_index"]] = msg
+    finally:
+        sub.close()
+        ctx.term()
+        pub.stop()
+    assert got[0]["value"] is None and "stale" in got[0]["flags"]
+    assert got[1]["value"] == 0.8 and "stale" not in got[1]["flags"]
+    assert got[2]["value"] == 0.9
+    assert pub.stats["withheld"] == 1
+    assert [m["value"] for m in sent] == [None, 0.8, 0.9]

@@ -29,8 +29,6 @@ pytestmark = pytest.mark.timeout(600)
 COMPARED = ("index", "feedback", "feedback_value", "metrics", "motion", "fd", "flags")
 
 
-
-
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     root = tmp_path_factory.mktemp("live")
@@ -284,3 +282,48 @@ def test_disk_full_stop_names_the_path_and_does_not_say_finished(small, tmp_path
     assert "finished" not in end["message"] and "disk full writing" in end["message"]
     assert str(target.path) in end["message"]
     assert [v["index"] for v in record.volumes] == list(range(5))
+
+
+class _StarvedClock:
+    """The publisher's clock once its thread runs ``lag`` seconds after the hand-off."""
+
+    def __init__(self):
+        self.lag = 0.0
+
+    def __call__(self):
+        return time.time() + self.lag
+
+
+def test_value_sent_after_max_delay_is_withheld_and_recorded_stale(small, tmp_path):
+    # the publisher's thread starves from the first value on: every message leaves 5 s
+    # (> max_delay = TR/2) after the session decided it was fresh. The first late value is
+    # withheld by the publisher at send time; from then on the session, which learns the
+    # send lag, flags the values stale itself. Either way no value reaches the participant
+    # and the record says so (flag "stale", feedback null), as does the status.
+    session = Session(small["protocol"], tmp_path / "rec")
+    with FeedbackPublisher(small["protocol"].output.zmq_address, session_id=session.session_id,
+                           on_sent=session.record_message) as publisher:
+        clock = publisher._clock = _StarvedClock()
+        handed = publisher.publish
+
+        def publish(topic, message, **kw):
+            if message.get("value") is not None:
+                clock.lag = 5.0
+            return handed(topic, message, **kw)
+
+        publisher.publish = publish
+        session.publisher = publisher
+        session.run(ListSource(small["vols"]))
+    session.close()
+    record = load_record(tmp_path / "rec")
+    would_show = [v for v in record.volumes if v["feedback_value"] is not None
+                  and "no_feedback" not in v["flags"]]
+    assert len(would_show) >= 5  # the regulate block had values to show
+    assert all(v["feedback"] is None and "stale" in v["flags"] for v in would_show)
+    sent = [m["message"] for m in record.messages if m["topic"] == "feedback"]
+    assert len(sent) == 40 and all(m["value"] is None for m in sent)
+    assert publisher.stats["withheld"] >= 1
+    assert session.status.stale >= len(would_show)
+    # a replay reproduces the record, withheld values included
+    replayed = load_record(replay_session(tmp_path / "rec", tmp_path / "replay"))
+    assert [v["feedback"] for v in replayed.volumes] == [v["feedback"] for v in record.volumes]
