@@ -162,7 +162,8 @@ def run(args: argparse.Namespace) -> int:
                                   attach=_attach(mode, Path(tmp), info))
             lat[mode].append(res["full"])
             lost[mode] += res["lost"]
-            shown[mode].append(info.get("drawn", info.get("events", "")))
+            if "drawn" in info or "events" in info:  # nothing to count without a dashboard
+                shown[mode].append(info.get("drawn", info.get("events")))
     print("# rtfb.bench dashboard: file complete -> feedback delivered, dashboard off/on\n")
     print(f"{args.shape}, {args.volumes} volumes every {args.interval * 1e3:.0f} ms, window "
           f"{args.window}, {args.repeat} run(s) per condition, interleaved\n")
@@ -175,5 +176,5 @@ def run(args: argparse.Namespace) -> int:
         med, p95 = summary_ms(values)
         ratio = f"{np.median(values) / base:.2f}" if base else "-"
         print(f"| {mode} | {med:.1f} / {p95:.1f} | {ratio} | {lost[mode]} | "
-              f"{', '.join(str(s) for s in shown[mode])} |", flush=True)
+              f"{', '.join(str(s) for s in shown[mode]) or '-'} |", flush=True)
     return 0
