@@ -241,8 +241,8 @@ def _analyze(bids, out, *extra):
 
     from rtfb.cli import main
 
-    buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer):
+    buffer = io.StringIO()  # what the user sees: stdout and stderr (errors)
+    with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
         code = main(["analyze", str(bids), "--out", str(out), "--scheduler", "synchronous",
                      "--quiet", "--metrics", "alff", "--permutations", "200",
                      "--ica-components", "none", "--atlas", "none",
@@ -320,8 +320,11 @@ def test_cli_input_errors(varied, tmp_path, capsys):
     assert "sub-01_task-rest, sub-02_task-rest" in text
     code, text = _analyze(bids, tmp_path / "d", "--normalise-from", "t1w")
     assert code == 2 and "applies with --normalise only" in text
-    with pytest.raises(SystemExit) as err:
-        _analyze(bids, tmp_path / "d", "--normalise", str(tmp_path / "nope.nii.gz"))
+    from rtfb.cli import main
+
+    with pytest.raises(SystemExit) as err:  # an argparse error: one line on stderr
+        main(["analyze", str(bids), "--out", str(tmp_path / "d"), "--normalise",
+              str(tmp_path / "nope.nii.gz")])
     assert err.value.code == 2 and "nope.nii.gz" in capsys.readouterr().err
     assert not (tmp_path / "d" / "rtfb").exists()
 
