@@ -224,11 +224,11 @@ def test_cli_paired_sessions_end_to_end(tmp_path):
             "none", "--atlas", "none"]
     # sessions in the data but none chosen: refused before any map, no traceback
     proc = subprocess.run(base, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2 and "--sessions" in proc.stdout, proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "--sessions" in proc.stderr, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr and not (out / "rtfb").exists()
     proc = subprocess.run(base + ["--sessions", "pre", "nope"], capture_output=True, text=True,
                           timeout=300)
-    assert proc.returncode == 2 and "ses-nope" in proc.stdout
+    assert proc.returncode == 2 and "ses-nope" in proc.stderr
     proc = subprocess.run(base + ["--sessions", "pre", "post", "--covariates"],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr

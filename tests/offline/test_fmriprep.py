@@ -121,4 +121,4 @@ def test_cli_fmriprep_end_to_end(fmriprep_dir, tmp_path):
     proc = subprocess.run([RTFB, "analyze", str(fmriprep_dir), "--out", str(tmp_path / "x"),
                            "--confounds", "simple"], capture_output=True, text=True,
                           timeout=300)
-    assert proc.returncode == 2 and "--input fmriprep" in proc.stdout
+    assert proc.returncode == 2 and "--input fmriprep" in proc.stderr
