@@ -44,7 +44,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                 "participant display (PsychoPy window, or headless)"),
     "dashboard": ("rtfb.dashboard.cli", "add_dashboard_parser",
                   "show a recorded session in the operator dashboard"),
-    "analyze": ("rtfb.offline.run", "add_analyze_parser", "offline maps of a BIDS cohort (Dask)"),
+    "analyze": ("rtfb.offline.commands", "add_analyze_parser",
+                "offline maps of a BIDS cohort (Dask)"),
 }
 
 

@@ -45,11 +45,11 @@ def _time_workers(bids: Path, warmup: Path, out: Path, n_workers: int, repeats: 
     """
     from distributed import Client, LocalCluster
 
-    from ..offline.run import _SINGLE_THREAD_ENV, analyze
+    from ..offline.run import SINGLE_THREAD_ENV, analyze
 
     start = time.perf_counter()
     cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                           dashboard_address=None, env=dict(_SINGLE_THREAD_ENV))
+                           dashboard_address=None, env=dict(SINGLE_THREAD_ENV))
     client = Client(cluster)
     try:
         started = time.perf_counter()

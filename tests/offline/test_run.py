@@ -10,7 +10,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from rtfb.offline.run import AnalysisError, add_analyze_parser, analyze
+from rtfb.offline.commands import add_analyze_parser
+from rtfb.offline.run import AnalysisError, analyze
 from rtfb.offline.subject import AnalysisConfig, process_subject
 
 from ._cohort_data import write_tiny_cohort
