@@ -20,19 +20,18 @@ import pandas as pd
 
 from .._utils.checks import check_int
 from .design import Design, DesignSpec, build_design, fit_design, read_sessions
-from .group import (
+from .group_common import (
     GROUP_DIR,
     PIPELINE_DIR,
-    ContrastResult,
-    GroupResults,
-    _find_map,
-    _fwe_threshold,
-    _load,
-    _norm,
-    _save,
     contrast_maps,
+    find_map,
+    fwe_threshold,
+    load_map,
     model_warnings,
+    norm_name,
+    save_map,
 )
+from .group_results import ContrastResult, GroupResults
 
 __all__ = ["available_runs", "design_analysis"]
 
@@ -62,12 +61,13 @@ def _load_rows(deriv_dir: Path, design: Design, metrics, file_glob: str):
         row_masks, row_maps = [], {m: [] for m in metrics}
         for ses in sessions:
             sub_dir = root / sid / ses if ses else root / sid
-            mask, aff = _load(_find_map(sub_dir, sid, None, "brain", file_glob), shape, affine)
+            mask, aff = load_map(find_map(sub_dir, sid, None, "brain", file_glob), shape, affine)
             if shape is None:
                 shape, affine = mask.shape, aff
             row_masks.append(mask > 0)
             for m in metrics:
-                data, _ = _load(_find_map(sub_dir, sid, _norm(m), m, file_glob), shape, affine)
+                path = find_map(sub_dir, sid, norm_name(m), m, file_glob)
+                data, _ = load_map(path, shape, affine)
                 row_maps[m].append(data)
         masks.append(np.logical_and.reduce(row_masks))
         for m in metrics:
@@ -150,7 +150,7 @@ def design_analysis(deriv_dir, participants: pd.DataFrame, spec: DesignSpec,
         n_permutations=n_permutations, alpha=float(alpha), seed=seed,
         covariates=tuple(spec.covariates), vas_subjects=spec.subjects, notes=list(design.notes),
         design=design)
-    results.files["mask"] = _save(mask, affine, out_dir / "group_desc-brain_mask.nii.gz",
+    results.files["mask"] = save_map(mask, affine, out_dir / "group_desc-brain_mask.nii.gz",
                                   dtype=np.uint8)
     results.files["design"] = out_dir / "design.tsv"
     design.matrix.to_csv(results.files["design"], sep="\t", index_label="participant_id")
@@ -191,7 +191,7 @@ def _tested_name(design: Design, term: str) -> str:
 
 def _contrast(metric, term, fit, design: Design, mask, affine, alpha, all_data,
               out_dir) -> ContrastResult:
-    threshold = _fwe_threshold(fit.null_max, alpha)
+    threshold = fwe_threshold(fit.null_max, alpha)
     key = _term_key(term)
     t3, p3, q3, table, ijk, files = contrast_maps(metric, key, fit.t, fit.p_fwe, fit.q_fdr,
                                                   mask, affine, threshold, out_dir)
@@ -202,8 +202,8 @@ def _contrast(metric, term, fit, design: Design, mask, affine, alpha, all_data,
         tfce3[mask] = fit.tfce
         ptfce3 = np.ones(mask.shape)
         ptfce3[mask] = fit.p_tfce
-        files["tfce"] = _save(tfce3, affine, out_dir / f"{stem}_tfce.nii.gz")
-        files["ptfce"] = _save(ptfce3, affine, out_dir / f"{stem}_ptfce.nii.gz")
+        files["tfce"] = save_map(tfce3, affine, out_dir / f"{stem}_tfce.nii.gz")
+        files["ptfce"] = save_map(ptfce3, affine, out_dir / f"{stem}_ptfce.nii.gz")
     col = _tested_name(design, term)
     covs = [c for c in design.matrix.columns if c not in ("intercept", col)]
     return ContrastResult(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..reporting import esc, img, new_figure, png_uri
-from .group import ContrastResult, GroupResults
+from .group_results import ContrastResult, GroupResults
 
 __all__ = ["design_methods", "design_scatter", "design_summary"]
 

@@ -43,19 +43,26 @@ Outputs in ``DERIV/group/``: ``group_desc-brain_mask.nii.gz`` (intersection mask
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import stats as sp_stats
 
 from .._utils.checks import _check_option, check_int
-from .classify import ClassificationResult, RegressionResult, classify, regress_vas
+from .classify import classify, regress_vas
+from .group_common import (
+    GROUP_DIR,
+    contrast_maps,
+    fwe_threshold,
+    in_mask,
+    load_subject_maps,
+    model_warnings,
+    norm_name,
+    save_map,
+)
+from .group_results import ContrastResult, GroupResults
 from .stats import (
-    cluster_table,
     correlation_design,
     fdr_bh,
     permutation_fwe,
@@ -63,170 +70,14 @@ from .stats import (
     two_sample_design,
 )
 
-__all__ = ["ContrastResult", "GroupResults", "contrast_maps", "group_analysis", "load_subject_maps"]
+__all__ = ["group_analysis"]
 
-PIPELINE_DIR = "rtfb"
-GROUP_DIR = "group"
 _CONTRASTS = {"patVsCon": "patients > controls", "vas": "VAS correlation"}
 _SEX_CODES = {"f": 1.0, "female": 1.0, "w": 1.0, "woman": 1.0,
               "m": 0.0, "male": 0.0, "man": 0.0}
 
 
-@dataclass
-class ContrastResult:
-    """One metric and one contrast of :func:`group_analysis` (3D arrays on the mask grid).
-
-    Attributes
-    ----------
-    metric, contrast, label : str
-        Metric, contrast key (``patVsCon`` or ``vas``) and readable label.
-    subjects : list of str
-        Participant ids entering the model, in design row order.
-    covariates : list of str
-        Covariates kept in the design.
-    t, p_fwe, q_fdr : numpy.ndarray, shape (X, Y, Z)
-        t statistic (0 outside the mask), max-statistic FWE p (1 outside) and BH q (1
-        outside).
-    r : numpy.ndarray | None
-        Partial correlation with VAS (``vas`` contrast only).
-    df : int
-        Residual degrees of freedom.
-    threshold : float
-        FWE critical ``|t|``: voxels with ``|t| > threshold`` have ``p_fwe < alpha``.
-    null_max : numpy.ndarray
-        Permutation null distribution of the maximum ``|t|`` (entry 0: observed).
-    clusters : pandas.DataFrame
-        :func:`~rtfb.offline.stats.cluster_table` at ``threshold``, plus ``metric``,
-        ``contrast``, ``p_fwe_peak`` and ``q_fdr_peak``.
-    peak_ijk : tuple of int
-        Voxel shown in the scatter plots: peak of the largest significant cluster, else the
-        voxel of largest ``|t|`` (``peak_significant`` tells which).
-    peak_significant : bool
-        Whether ``peak_ijk`` is in a significant cluster.
-    peak_values : numpy.ndarray, shape (n_all_subjects,)
-        Every analysed subject's map value at ``peak_ijk`` (order of
-        :attr:`GroupResults.participants`).
-    files : dict of str to Path
-        Written files (``t``, ``pfwe``, ``qfdr``, ``clusters``; ``tfce``, ``ptfce``).
-    tfce, p_tfce : numpy.ndarray | None
-        TFCE score (0 outside) and its max-TFCE FWE p (1 outside), general designs only
-        (:mod:`rtfb.offline.design`).
-    tested : numpy.ndarray | None
-        Values of the tested design column per row of ``subjects`` (general designs).
-    """
-
-    metric: str
-    contrast: str
-    label: str
-    subjects: list[str]
-    covariates: list[str]
-    t: np.ndarray
-    p_fwe: np.ndarray
-    q_fdr: np.ndarray
-    r: np.ndarray | None
-    df: int
-    threshold: float
-    null_max: np.ndarray
-    clusters: pd.DataFrame
-    peak_ijk: tuple[int, int, int]
-    peak_significant: bool
-    peak_values: np.ndarray
-    files: dict[str, Path] = field(default_factory=dict)
-    tfce: np.ndarray | None = None
-    p_tfce: np.ndarray | None = None
-    tested: np.ndarray | None = None
-
-    @property
-    def n_significant(self) -> int:
-        """Number of clusters at ``p_FWE < alpha``."""
-        return len(self.clusters)
-
-
-@dataclass
-class GroupResults:
-    """Outcome of :func:`group_analysis`.
-
-    Attributes
-    ----------
-    deriv_dir, out_dir : Path
-        Derivatives root and ``deriv_dir / "group"``.
-    participants : pandas.DataFrame
-        Analysed subjects (index ``participant_id``) with ``group``, ``patient`` (bool),
-        covariates coded as used (``sex`` 1 = female) and ``vas``.
-    metrics : tuple of str
-        Analysed metrics.
-    mask : numpy.ndarray of bool, shape (X, Y, Z)
-        Intersection of the subjects' brain masks (and finite map values).
-    mask_fraction : numpy.ndarray, shape (X, Y, Z)
-        Fraction of subjects whose brain mask contains each voxel (report background when
-        the data are not in MNI space).
-    affine : numpy.ndarray, shape (4, 4)
-        Voxel-to-world affine shared by all maps.
-    contrasts : dict of (str, str) to ContrastResult
-        Keyed by ``(metric, contrast)``.
-    n_permutations, alpha, seed, covariates, vas_subjects
-        Analysis parameters.
-    classification : ClassificationResult | None
-        Patients vs controls from ``classify_metric`` voxel values.
-    vas_regression : RegressionResult | None
-        Patients' VAS from ``classify_metric`` voxel values.
-    classify_metric : str | None
-        Metric used as features.
-    graph : rtfb.offline.network.GraphResults | None
-        ROI-graph analysis, when run (:func:`rtfb.offline.network.graph_analysis`).
-    ica : rtfb.offline.network.ICAResults | None
-        Group ICA, when run (:func:`rtfb.offline.network.ica_analysis`).
-    design : rtfb.offline.design.Design | None
-        The general design, when the contrasts come from
-        :func:`rtfb.offline.design_analysis.design_analysis`.
-    notes : list of str
-        Decisions taken on the data (dropped covariates, skipped analyses).
-    warnings : list of str
-        What makes results unreliable (too few residual degrees of freedom or distinct
-        permutations, excluded runs); shown first in the report and on the terminal.
-    files : dict of str to Path
-        Study-level written files.
-    """
-
-    deriv_dir: Path
-    out_dir: Path
-    participants: pd.DataFrame
-    metrics: tuple[str, ...]
-    mask: np.ndarray
-    mask_fraction: np.ndarray
-    affine: np.ndarray
-    contrasts: dict[tuple[str, str], ContrastResult]
-    n_permutations: int
-    alpha: float
-    seed: int | None
-    covariates: tuple[str, ...]
-    vas_subjects: str
-    classification: ClassificationResult | None = None
-    vas_regression: RegressionResult | None = None
-    classify_metric: str | None = None
-    graph: Any = None
-    ica: Any = None
-    notes: list[str] = field(default_factory=list)
-    files: dict[str, Path] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-    design: Any = None
-
-    @property
-    def cluster_tables(self) -> pd.DataFrame:
-        """All significant clusters of all metrics and contrasts in one table."""
-        tables = [c.clusters for c in self.contrasts.values() if len(c.clusters)]
-        if not tables:
-            return next(iter(self.contrasts.values())).clusters.iloc[0:0]
-        return pd.concat(tables, ignore_index=True)
-
-
 # --------------------------------------------------------------------------- participants
-
-
-def _norm(name: str) -> str:
-    key = re.sub(r"[^a-z0-9]", "", str(name).lower())
-    return "fc" + key[len("seedfc"):] if key.startswith("seedfc") else key
-
 
 def _prepare_participants(participants, covariates, patient_label, control_label,
                           vas_column) -> pd.DataFrame:
@@ -281,268 +132,20 @@ def _prepare_participants(participants, covariates, patient_label, control_label
     return out
 
 
-# --------------------------------------------------------------------------- loading
-
-
-def _find_map(sub_dir: Path, subject: str, desc: str | None, metric: str,
-              file_glob: str) -> Path:
-    """The single ``desc-<metric>`` map (or brain mask for ``desc=None``) of one subject."""
-    func = sub_dir / "func"
-    pattern = file_glob.format(subject=subject)
-    suffix = "_desc-brain_mask.nii.gz" if desc is None else "_desc-*_map.nii.gz"
-    hits = []
-    for path in sorted(func.glob(pattern + suffix)) if func.is_dir() else []:
-        m = re.search(r"_desc-([A-Za-z0-9]+)_(?:map|mask)\.nii\.gz$", path.name)
-        if m is None:
-            continue
-        if desc is None and m.group(1) == "brain":
-            hits.append(path)
-        elif desc is not None and _norm(m.group(1)) == desc:
-            hits.append(path)
-    what = "brain mask" if desc is None else f"{metric!r} map"
-    expected = func / (pattern + ("_desc-brain_mask.nii.gz" if desc is None
-                                  else f"_desc-{metric}_map.nii.gz"))
-    if not hits:
-        raise FileNotFoundError(f"{subject}: no {what} file {expected}.")
-    if len(hits) > 1:
-        raise ValueError(f"{subject}: several {what} files match {expected}: "
-                         f"{[p.name for p in hits]}; narrow file_glob (one run per subject).")
-    return hits[0]
-
-
-def _load(path: Path, ref_shape, ref_affine) -> tuple[np.ndarray, np.ndarray]:
-    import nibabel as nib
-
-    try:
-        img = nib.load(path)
-        data = np.asarray(img.dataobj, dtype=np.float64)
-    except Exception as err:  # noqa: BLE001 - any nibabel failure
-        raise ValueError(f"{path}: unreadable NIfTI ({err}).") from None
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if ref_shape is not None and data.shape != ref_shape:
-        raise ValueError(f"{path}: shape {data.shape} differs from the first subject's "
-                         f"{ref_shape}.")
-    affine = np.asarray(img.affine, dtype=float)
-    if ref_affine is not None and not np.allclose(affine, ref_affine, atol=1e-3):
-        raise ValueError(f"{path}: affine differs from the first subject's (maps must share "
-                         "one grid).")
-    return data, affine
-
-
-def load_subject_maps(deriv_dir, subjects, metrics, file_glob: str = "{subject}_*"):
-    """Load every subject's brain mask and metric maps on one grid.
-
-    Parameters
-    ----------
-    deriv_dir : path-like
-        Derivatives root (maps under ``deriv_dir/rtfb/sub-XX/func``).
-    subjects : sequence of str
-        Participant ids.
-    metrics : sequence of str
-        Metric names (matched to ``desc-`` case- and punctuation-insensitively).
-    file_glob : str
-        Glob of the BIDS entities before ``_desc-`` in the file names, ``{subject}``
-        replaced (default ``"{subject}_*"``: any entities, e.g. ``sub-01_task-rest``).
-
-    Returns
-    -------
-    masks : numpy.ndarray of bool, shape (n_subjects, X, Y, Z)
-    maps : dict of str to numpy.ndarray, shape (n_subjects, X, Y, Z)
-    affine : numpy.ndarray, shape (4, 4)
-    paths : dict of str to list of Path
-        Loaded files per metric (and ``"mask"``).
-
-    Raises
-    ------
-    FileNotFoundError
-        A map or mask is missing (the message names the expected file).
-    ValueError
-        Several matching files, unreadable files, different shapes or affines.
-    """
-    root = Path(deriv_dir) / PIPELINE_DIR
-    shape = affine = None
-    masks, paths = [], {"mask": []}
-    maps = {m: [] for m in metrics}
-    for m in metrics:
-        paths[m] = []
-    for sid in subjects:
-        sub_dir = root / sid
-        mpath = _find_map(sub_dir, sid, None, "brain", file_glob)
-        mask, aff = _load(mpath, shape, affine)
-        if shape is None:
-            shape, affine = mask.shape, aff
-            if len(shape) != 3:
-                raise ValueError(f"{mpath}: a brain mask must be 3D, got shape {shape}.")
-        masks.append(mask > 0)
-        paths["mask"].append(mpath)
-        for m in metrics:
-            path = _find_map(sub_dir, sid, _norm(m), m, file_glob)
-            data, _ = _load(path, shape, affine)
-            maps[m].append(data)
-            paths[m].append(path)
-    return (np.stack(masks), {m: np.stack(v) for m, v in maps.items()}, affine, paths)
-
-
-# --------------------------------------------------------------------------- writing
-
-
-def _save(array, affine, path: Path, dtype=np.float32) -> Path:
-    import nibabel as nib
-
-    img = nib.Nifti1Image(np.asarray(array, dtype=dtype), affine)
-    img.set_sform(affine, code=1)
-    img.set_qform(affine, code=1)
-    img.header.set_xyzt_units("mm")
-    nib.save(img, path)
-    return path
-
-
-def _fwe_threshold(null_max: np.ndarray, alpha: float) -> float:
-    """Smallest ``|t|`` cut with ``p_fwe < alpha`` exactly for ``|t| > cut``.
-
-    ``p_fwe = #(null >= |t|) / N`` is ``< alpha`` iff fewer than ``ceil(alpha N)`` null
-    maxima reach ``|t|``, i.e. iff ``|t|`` exceeds the ``ceil(alpha N)``-th largest one.
-    """
-    n = null_max.size
-    k = int(np.ceil(alpha * n - 1e-9)) - 1
-    return float(np.sort(null_max)[::-1][min(max(k, 0), n - 1)])
-
-
-# --------------------------------------------------------------------------- analysis
-
-#: Residual degrees of freedom below which a model is flagged as unreliable.
-MIN_DF = 8
-
-
-def _n_distinct_permutations(x: np.ndarray) -> float:
-    """Distinct reorderings of the tested regressor ``x`` (multinomial over tied values)."""
-    from math import lgamma
-
-    _, counts = np.unique(np.round(x, 10), return_counts=True)
-    log_n = lgamma(x.size + 1) - sum(lgamma(int(c) + 1) for c in counts)
-    return float(np.round(np.exp(min(log_n, 700.0))))
-
-
-def model_warnings(label: str, design: np.ndarray, contrast: np.ndarray, threshold: float,
-                   alpha: float, n_permutations: int, sign_flip: bool = False) -> list[str]:
-    """Warnings for a model with too few residual df or too few distinct permutations.
-
-    Parameters
-    ----------
-    label : str
-        Names the model in the messages.
-    design, contrast : numpy.ndarray
-        The fitted design (subjects x columns) and contrast.
-    threshold : float
-        FWE critical ``|t|`` found.
-    alpha : float
-        FWE level.
-    n_permutations : int
-        Permutations drawn.
-    sign_flip : bool
-        The test flips signs (one-sample / paired): ``2**n`` distinct flips.
-
-    Returns
-    -------
-    list of str
-        Empty when the model is fine.
-    """
-    n, p = design.shape
-    df = n - p
-    out = []
-    if df < MIN_DF:
-        out.append(f"{label}: only {df} residual degrees of freedom ({n} subjects, {p} design "
-                   f"columns; fewer than {MIN_DF}): FWE critical |t| = {threshold:.3g}, so "
-                   "only huge effects can survive and empty maps are expected. Add subjects "
-                   "or drop covariates.")
-    if sign_flip:
-        distinct = float(2.0 ** min(n, 1000))
-    else:
-        distinct = _n_distinct_permutations(design @ np.linalg.pinv(design.T @ design)
-                                            @ contrast)
-    if distinct * alpha < 1:
-        out.append(f"{label}: only {distinct:.0f} distinct permutations, so no p_FWE can be "
-                   f"below {1 / distinct:.3g} (>= alpha {alpha:g}).")
-    elif distinct < n_permutations:
-        out.append(f"{label}: {n_permutations} permutations drawn from only {distinct:.0f} "
-                   "distinct ones (repeats; p_FWE is coarse).")
-    return out
-
-
-def _in_mask(values, mask, fill: float) -> np.ndarray:
-    """A 3D map holding ``values`` in ``mask`` and ``fill`` elsewhere."""
-    out = np.full(mask.shape, fill, dtype=float)
-    out[mask] = values
-    return out
-
-
-def contrast_maps(metric: str, key: str, t, p_fwe, q_fdr, mask, affine, threshold: float,
-                  out_dir: Path):
-    """Save one contrast's voxel-wise maps and cluster table.
-
-    Parameters
-    ----------
-    metric, key : str
-        Map name and contrast key (file stem ``<metric>_<key>``).
-    t, p_fwe, q_fdr : ndarray, shape (n_mask_voxels,)
-        t statistics, max-statistic FWE p values and FDR q values in the mask.
-    mask : ndarray of bool
-        Group mask.
-    affine : ndarray, shape (4, 4)
-        Affine of the maps.
-    threshold : float
-        FWE-corrected critical |t| for the cluster table.
-    out_dir : Path
-        Folder of the files.
-
-    Returns
-    -------
-    t3, p3, q3 : ndarray
-        The three maps (0, 1 and 1 outside the mask).
-    table : pandas.DataFrame
-        Clusters above ``threshold`` (``<stem>_clusters.tsv``), with their peak p and q.
-    peak_ijk : tuple of int
-        Peak of the largest cluster, or of ``|t|`` when there is none.
-    files : dict of str -> Path
-        ``t``, ``pfwe``, ``qfdr`` and ``clusters``.
-    """
-    t3, p3, q3 = _in_mask(t, mask, 0.0), _in_mask(p_fwe, mask, 1.0), _in_mask(q_fdr, mask, 1.0)
-    table = cluster_table(t3, affine, threshold, two_sided=True)
-    peaks = tuple(table[["peak_i", "peak_j", "peak_k"]].to_numpy(int).T)
-    table.insert(0, "contrast", key)
-    table.insert(0, "metric", metric)
-    table["p_fwe_peak"] = p3[peaks] if len(table) else []
-    table["q_fdr_peak"] = q3[peaks] if len(table) else []
-    if len(table):
-        ijk = tuple(int(v) for v in table.loc[0, ["peak_i", "peak_j", "peak_k"]])
-    else:
-        ijk = tuple(int(v) for v in np.unravel_index(np.argmax(np.abs(t3)), mask.shape))
-    stem = f"{metric}_{key}"
-    files = {
-        "t": _save(t3, affine, out_dir / f"{stem}_t.nii.gz"),
-        "pfwe": _save(p3, affine, out_dir / f"{stem}_pfwe.nii.gz"),
-        "qfdr": _save(q3, affine, out_dir / f"{stem}_qfdr.nii.gz"),
-        "clusters": out_dir / f"{stem}_clusters.tsv",
-    }
-    table.to_csv(files["clusters"], sep="\t", index=False, na_rep="n/a")
-    return t3, p3, q3, table, ijk, files
-
-
 def _contrast(metric, key, data, mask, affine, design, contrast, subjects, covariates,
               all_data, n_permutations, alpha, seed, out_dir) -> ContrastResult:
     perm = permutation_fwe(data, design, contrast, n_permutations=n_permutations, seed=seed,
                            two_sided=True)
     p_unc = 2 * sp_stats.t.sf(np.abs(perm.t), perm.df)
     _, q = fdr_bh(p_unc, alpha=alpha)
-    threshold = _fwe_threshold(perm.null_max, alpha)
+    threshold = fwe_threshold(perm.null_max, alpha)
 
     t3, p3, q3, table, ijk, files = contrast_maps(metric, key, perm.t, perm.p_fwe, q, mask,
                                                   affine, threshold, out_dir)
     return ContrastResult(
         metric=metric, contrast=key, label=_CONTRASTS[key], subjects=list(subjects),
         covariates=list(covariates), t=t3, p_fwe=p3, q_fdr=q3,
-        r=_in_mask(t_to_r(perm.t, perm.df), mask, 0.0) if key == "vas" else None,
+        r=in_mask(t_to_r(perm.t, perm.df), mask, 0.0) if key == "vas" else None,
         df=perm.df,
         threshold=threshold, null_max=perm.null_max, clusters=table, peak_ijk=ijk,
         peak_significant=bool(len(table)), peak_values=all_data[(slice(None), *ijk)],
@@ -647,7 +250,7 @@ def group_analysis(
         raise ValueError(f"need at least 2 patients and 2 controls, got {n_pat} patient(s) "
                          f"and {len(table) - n_pat} control(s).")
     all_metrics = metrics
-    if classify_metric is not None and _norm(classify_metric) not in map(_norm, metrics):
+    if classify_metric is not None and norm_name(classify_metric) not in map(norm_name, metrics):
         all_metrics = (*metrics, classify_metric)
 
     deriv_dir = Path(deriv_dir)
@@ -674,7 +277,7 @@ def group_analysis(
         mask_fraction=masks.mean(axis=0), affine=affine, contrasts={},
         n_permutations=n_permutations, alpha=float(alpha), seed=seed, covariates=covariates,
         vas_subjects=vas_subjects, classify_metric=classify_metric, notes=notes)
-    results.files["mask"] = _save(mask, affine, out_dir / "group_desc-brain_mask.nii.gz",
+    results.files["mask"] = save_map(mask, affine, out_dir / "group_desc-brain_mask.nii.gz",
                                   dtype=np.uint8)
 
     patient = table["patient"].to_numpy()

@@ -33,7 +33,8 @@ import pandas as pd
 
 from .._utils.checks import check_int
 from .graph import compare_groups, fc_matrix, graph_metrics
-from .group import PIPELINE_DIR, GroupResults
+from .group_common import PIPELINE_DIR
+from .group_results import GroupResults
 from .ica import GroupICA
 
 __all__ = ["GraphResults", "ICAResults", "graph_analysis", "ica_analysis"]

@@ -23,7 +23,7 @@ from .. import __version__
 from .._utils.checks import _check_option
 from ..reporting import REPORT_CSS, esc, fmt_sig, img, new_figure, note, png_uri, section
 from .design_report import design_methods, design_scatter, design_summary
-from .group import ContrastResult, GroupResults
+from .group_results import ContrastResult, GroupResults
 from .network_report import graph_section, ica_section
 
 __all__ = ["write_group_report"]

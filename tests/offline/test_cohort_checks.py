@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from rtfb.offline.bids import BIDSError, load_dataset, read_participants
-from rtfb.offline.group import model_warnings
+from rtfb.offline.group_common import model_warnings
 from rtfb.offline.stats import two_sample_design
 
 from .test_bids import _participants, _run
