@@ -68,3 +68,33 @@ def resolve_rois(roi_specs: dict, reference_img: nib.Nifti1Image,
             raise ValueError(f"ROI {name!r} has no definition (file, mni_sphere or "
                              "simulator_roi).")
     return rois
+
+
+def save_rois(folder: Path, brain_mask: np.ndarray, rois: dict[str, np.ndarray],
+              affine) -> None:
+    """Record the brain mask and ROIs as used (``rois/``), for audit, resume and replay."""
+    folder = Path(folder)
+    folder.mkdir(exist_ok=True)
+    items = {"brain_mask": brain_mask, **{f"roi-{k}": v for k, v in rois.items()}}
+    for name, mask in items.items():
+        nib.save(nib.Nifti1Image(np.asarray(mask).astype(np.uint8), affine),
+                 folder / f"{name}.nii.gz")
+
+
+def load_recorded_rois(folder: Path, names, missing_ok: bool = False) -> dict | None:
+    """The brain mask and ROIs a record used (``brain_mask`` and each of ``names``).
+
+    ``missing_ok``: a record killed before its ROIs were saved returns None (resolve them
+    again); otherwise a missing ``rois/`` raises :class:`FileNotFoundError` naming it.
+    """
+    folder = Path(folder)
+    if not (folder / "brain_mask.nii.gz").exists():
+        if missing_ok:
+            return None
+        raise FileNotFoundError(f"{folder / 'brain_mask.nii.gz'} not found: the record has "
+                                "no resolved ROIs to reuse.")
+    out = {"brain_mask": np.asarray(nib.load(folder / "brain_mask.nii.gz").dataobj) > 0}
+    for name in names:
+        out[name] = np.asarray(nib.load(folder / f"roi-{name}.nii.gz").dataobj) > 0
+    return out
+

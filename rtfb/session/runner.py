@@ -35,20 +35,20 @@ import numba
 import numpy as np
 
 from ..dashboard.commands import CommandQueue
-from ..feedback.mapping import FeedbackMapper
 from ..feedback.messages import FLAGS, SCHEMA_VERSION
 from ..ingest import Late, Missing, Volume
 from ..ingest.series_lock import GeometryLock
 from ..metrics.qa import RunningQA
 from ..preprocess.pipeline import Preprocessor
 from .blocks import BlockSchedule
+from .builders import build_engine, build_mapper, build_preprocessor, build_qa
 from .maps import MapJob, MapWriter
-from .metric_engine import MetricEngine
 from .operator import apply_commands
 from .record import SessionRecorder
 from .record_reader import load_record
 from .reference import reference_problem
-from .rois import resolve_rois
+from .resume import ResumeMixin
+from .rois import load_recorded_rois, resolve_rois, save_rois
 from .schedules import FeedbackSchedule
 from .timing import is_fresh, latency_origin, source_times
 from .volume_lines import VolumeLines
@@ -101,7 +101,7 @@ def session_dir_name(protocol_name: str, participant: str = "anon") -> str:
     return f"sub-{participant}_ses-{stamp}_task-{protocol_name}"
 
 
-class Session:
+class Session(ResumeMixin):
     """One neurofeedback / monitoring session driven by a protocol.
 
     Parameters
@@ -212,70 +212,27 @@ class Session:
     def _setup(self, reference: Volume) -> None:
         p = self.protocol
         self._geometry.fix(reference)
-        pp = p.preprocess
-        recorded = self._recorded_rois()
-        self.preprocessor = Preprocessor(
-            realign=pp.realign, interpolation=pp.interpolation,
-            smoothing_fwhm=pp.smoothing_fwhm, drift=pp.drift, drift_order=pp.drift_order,
-            motion_regressors=pp.motion_regressors, glm=pp.glm, window=pp.glm_window,
-            n_expected=p.session.volumes, tr=p.session.tr, fd_threshold=pp.fd_threshold,
-            mask=recorded.pop("brain_mask") if recorded else self._load_mask(reference),
-        ).fit(reference)
+        recorded = None
+        if self.rois_from is not None:  # resume: the record's own; replay: the original's
+            recorded = load_recorded_rois(self.rois_from / "rois", p.rois,
+                                          missing_ok=self.resume
+                                          and self.rois_from == self.out_dir)
+        mask = recorded.pop("brain_mask") if recorded else self._load_mask(reference)
+        self.preprocessor = build_preprocessor(p, reference, mask)
         if recorded:
             self.rois = recorded
         else:
             ref_img = nib.Nifti1Image(np.asarray(reference.data), reference.affine)
             self.rois = resolve_rois(p.rois, ref_img, self.simulator_dir)
-            self._save_rois(reference.affine)
-        m = p.metric
-        self.engine = MetricEngine(
-            m.kind, self.preprocessor.mask_, self.rois, roi=m.roi, seed=m.seed,
-            target=m.target, window=m.window, tr=p.session.tr, band=tuple(m.band),
-            neighborhood=m.neighborhood, maps=tuple(m.maps), cleaner=self.preprocessor,
-            subtract_roi=getattr(m, "subtract_roi", None), convention=m.convention)
-        in_mask = np.cumsum(self.preprocessor.mask_.ravel()) - 1  # voxel -> position in vec
-        self.qa = RunningQA({name: in_mask[np.flatnonzero(roi.ravel() &
-                                                          self.preprocessor.mask_.ravel())]
-                             for name, roi in self.rois.items()})
-        fb = p.feedback
-        if fb is None:  # monitoring: values are recorded, nothing is fed back
-            self.mapper = FeedbackMapper()
-            self.mapper.set_baseline(0.0)
-        else:
-            self.mapper = FeedbackMapper(direction=fb.direction, scale=fb.scale,
-                                         clip=tuple(fb.clip), smoothing=fb.smoothing,
-                                         target=fb.target, change=fb.change)
-            if fb.baseline == "none":
-                self.mapper.set_baseline(0.0)
+            save_rois(self.out_dir / "rois", self.preprocessor.mask_, self.rois,
+                      reference.affine)
+        self.engine = build_engine(p, self.preprocessor, self.rois)
+        self.qa = build_qa(self.preprocessor.mask_, self.rois)
+        self.mapper = build_mapper(p.feedback)
         self.reference_affine = reference.affine
         self._state_ready = True
         if not self.resume or self.record_in.session.get("shape") is None:
             self.recorder.write_session(self._session_info(reference), p.path)
-
-    def _recorded_rois(self) -> dict | None:
-        if self.rois_from is None:
-            return None
-        folder = self.rois_from / "rois"
-        if self.resume and self.rois_from == self.out_dir and \
-                not (folder / "brain_mask.nii.gz").exists():
-            return None  # killed before the ROIs were saved: resolve them again
-        if not (folder / "brain_mask.nii.gz").exists():
-            raise FileNotFoundError(f"{folder / 'brain_mask.nii.gz'} not found: the record has "
-                                    "no resolved ROIs to reuse.")
-        out = {"brain_mask": np.asarray(nib.load(folder / "brain_mask.nii.gz").dataobj) > 0}
-        for name in self.protocol.rois:
-            out[name] = np.asarray(nib.load(folder / f"roi-{name}.nii.gz").dataobj) > 0
-        return out
-
-    def _save_rois(self, affine) -> None:
-        """Record the brain mask and ROIs as used, for audit, resume and replay."""
-        folder = self.out_dir / "rois"
-        folder.mkdir(exist_ok=True)
-        items = {"brain_mask": self.preprocessor.mask_, **{f"roi-{k}": v
-                                                           for k, v in self.rois.items()}}
-        for name, mask in items.items():
-            nib.save(nib.Nifti1Image(mask.astype(np.uint8), affine),
-                     folder / f"{name}.nii.gz")
 
     def _load_mask(self, reference: Volume):
         mask = self.protocol.preprocess.brain_mask
@@ -626,61 +583,6 @@ class Session:
         return True
 
     # --------------------------------------------------------------- run loop
-    def _rebuild_from_record(self) -> int:
-        """Re-process the recorded volumes silently (resume); returns the next index."""
-        rec = self.record_in
-        done = {v["index"] for v in rec.volumes}
-        # inputs that were processed, or received and not processed yet; not the late
-        # ones, nor the rejected reference candidates (never processed)
-        by_index = {e["index"]: i for i, e in enumerate(rec.inputs)
-                    if not e.get("late") and not (e.get("rejected") and e["index"] not in done)}
-        self._silent = True
-        try:
-            for entry in rec.volumes:
-                idx = entry["index"]
-                if idx in by_index:
-                    self._received.add(idx)
-                if idx not in by_index or rec.inputs[by_index[idx]].get("rejected"):
-                    if self._state_ready:
-                        reason = (rec.inputs[by_index[idx]]["rejected"] if idx in by_index
-                                  else None)
-                        self._process(None, idx, None, rejected=reason)
-                    continue
-                vol = self._recorded_volume(by_index[idx])
-                if not self._state_ready:
-                    self._setup(vol)
-                self._process(vol, idx, None)
-        finally:
-            self._silent = False
-        # inputs received but not processed before the crash: process them now
-        for idx, pos in sorted(by_index.items()):
-            if idx not in done:
-                vol = self._recorded_volume(pos)
-                self.handle_recorded(vol)
-        indices = [v["index"] for v in rec.volumes] + [e["index"] for e in rec.inputs]
-        return max(indices + [-1]) + 1
-
-    def handle_recorded(self, vol: Volume) -> None:
-        """Process a volume recorded before a crash but never processed (resume)."""
-        now = time.time()
-        if not self._state_ready:
-            if reference_problem(vol, self.protocol) is not None:
-                return
-            try:
-                self._setup(vol)
-            except ValueError:  # reported when it was received
-                return
-        self._received.add(vol.index)
-        problem = self._geometry.check(vol)
-        self._process(None if problem else vol, vol.index, {"dequeued": now},
-                      acquisition_time=vol.acquisition_time, rejected=problem)
-
-    def _recorded_volume(self, pos: int) -> Volume:
-        e = self.record_in.inputs[pos]
-        return Volume(self.record_in.input_volume(pos), np.asarray(e["affine"]), e["index"],
-                      acquisition_time=e.get("acquisition_time"), tr=e.get("tr"),
-                      source=e.get("source", ""))
-
     def run(self, source, stop_event: threading.Event | None = None,
             idle_timeout: float | None = None) -> Path:
         """Process items from ``source`` until the protocol's volumes are done.
