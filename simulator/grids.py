@@ -23,8 +23,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["GRID_CHOICES", "T1W_VOXEL", "anatomy_field", "resample_run", "subject_geometry",
-           "t1w_image", "t1w_template"]
+__all__ = ["GRID_CHOICES", "T1W_VOXEL", "anatomy_field", "resample_run", "rotation_matrix",
+           "subject_geometry", "t1w_image", "t1w_template"]
 
 #: (voxel size in mm, first axis direction) of the subject grids, cycled over subjects.
 GRID_CHOICES = (((3.0, 3.0, 3.0), "RAS"), ((2.5, 2.5, 3.0), "LAS"),
@@ -41,12 +41,11 @@ def anatomy_field(shape, seed: int, sigma: float = 1.2) -> np.ndarray:
     return (field - field.mean()) / field.std()
 
 
-def _rotation(degrees) -> np.ndarray:
-    rx, ry, rz = np.deg2rad(degrees)
-    rot_x = np.array([[1, 0, 0], [0, np.cos(rx), -np.sin(rx)], [0, np.sin(rx), np.cos(rx)]])
-    rot_y = np.array([[np.cos(ry), 0, np.sin(ry)], [0, 1, 0], [-np.sin(ry), 0, np.cos(ry)]])
-    rot_z = np.array([[np.cos(rz), -np.sin(rz), 0], [np.sin(rz), np.cos(rz), 0], [0, 0, 1]])
-    return rot_x @ rot_y @ rot_z
+def rotation_matrix(degrees) -> np.ndarray:
+    """3x3 rotation ``Rx @ Ry @ Rz`` for angles (degrees) about x, y and z."""
+    from scipy.spatial.transform import Rotation
+
+    return Rotation.from_euler("XYZ", np.asarray(degrees, dtype=float), degrees=True).as_matrix()
 
 
 def subject_geometry(index: int, seed: int, common_shape, common_zooms, *,
@@ -86,7 +85,7 @@ def subject_geometry(index: int, seed: int, common_shape, common_zooms, *,
     rotation = rng.uniform(-max_rotation, max_rotation, 3)
     translation = rng.uniform(-max_translation, max_translation, 3)
     pose = np.eye(4)
-    pose[:3, :3] = _rotation(rotation)
+    pose[:3, :3] = rotation_matrix(rotation)
     pose[:3, 3] = translation
     return {"shape": [int(n) for n in shape], "affine": affine.tolist(),
             "orientation": orientation, "voxel_size": zooms.tolist(),

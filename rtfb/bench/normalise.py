@@ -19,18 +19,12 @@ import numpy as np
 from scipy import ndimage
 
 
-def _rotation(degrees) -> np.ndarray:
-    rx, ry, rz = np.deg2rad(degrees)
-    rot_x = np.array([[1, 0, 0], [0, np.cos(rx), -np.sin(rx)], [0, np.sin(rx), np.cos(rx)]])
-    rot_y = np.array([[np.cos(ry), 0, np.sin(ry)], [0, 1, 0], [-np.sin(ry), 0, np.cos(ry)]])
-    rot_z = np.array([[np.cos(rz), -np.sin(rz), 0], [np.sin(rz), np.cos(rz), 0], [0, 0, 1]])
-    return rot_x @ rot_y @ rot_z
-
-
 def known_subject(template, voxel: float, displacement_mm: float, seed: int = 0):
     """The template under the known transform on an LAS grid; returns images and truth."""
+    from simulator.grids import rotation_matrix
+
     known = np.eye(4)
-    known[:3, :3] = _rotation((6.0, -4.0, 8.0)) @ np.diag([1.05, 0.95, 1.02])
+    known[:3, :3] = rotation_matrix((6.0, -4.0, 8.0)) @ np.diag([1.05, 0.95, 1.02])
     known[:3, 3] = (5.0, -7.0, 4.0)
     res = float(np.sqrt((template.affine[:3, :3] ** 2).sum(axis=0)).min())
     shape = tuple(int(n) for n in np.array(template.shape) * res / voxel + 4)

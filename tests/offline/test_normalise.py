@@ -9,6 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from scipy import ndimage
+from scipy.spatial.transform import Rotation
 
 pytest.importorskip("dipy")
 
@@ -29,11 +30,8 @@ def template():
 
 
 def _rotation(degrees):
-    rx, ry, rz = np.deg2rad(degrees)
-    rot_x = np.array([[1, 0, 0], [0, np.cos(rx), -np.sin(rx)], [0, np.sin(rx), np.cos(rx)]])
-    rot_y = np.array([[np.cos(ry), 0, np.sin(ry)], [0, 1, 0], [-np.sin(ry), 0, np.cos(ry)]])
-    rot_z = np.array([[np.cos(rz), -np.sin(rz), 0], [np.sin(rz), np.cos(rz), 0], [0, 0, 1]])
-    return rot_x @ rot_y @ rot_z
+    """Rx @ Ry @ Rz (intrinsic x-y-z Euler angles in degrees)."""
+    return Rotation.from_euler("XYZ", degrees, degrees=True).as_matrix()
 
 
 # a known affine: template point x is at T x in the "subject" (rotation, scaling, shift)
