@@ -31,29 +31,11 @@ class _VirtualTime:
         self.now += max(float(seconds), 1e-6)
 
 
-def test_slow_callback_does_not_accumulate(monkeypatch):
-    # virtual time, no wall clock: each callback "works" 6 ms of a 10 ms interval. A naive
-    # "sleep(interval) after the work" loop would drift by 6 ms per tick (last tick at
-    # 49 * 16 ms); the absolute schedule fires every tick at its own target.
-    vt = _VirtualTime()
-    monkeypatch.setattr("simulator.clock.time.sleep", vt.sleep)
-    clock = TRClock(INTERVAL, timer=vt.timer)
-    clock.start()
-    fired = []
-    for _k in clock.ticks(N_TICKS):
-        fired.append(vt.now - clock.t0)
-        vt.sleep(0.006)
-    fired = np.array(fired)
-    targets = np.arange(N_TICKS) * INTERVAL
-    assert fired.size == N_TICKS
-    assert (fired >= targets).all()  # never early
-    assert (fired - targets < clock.spin + 1e-5).all()  # no accumulated delay
-    assert (np.diff(fired) > 0).all()
+def _virtual_run(monkeypatch, work):
+    """Run N_TICKS ticks in virtual time; ``work(k)`` is the seconds tick k works.
 
-
-def test_late_tick_is_caught_up(monkeypatch):
-    # virtual time, no wall clock: one 45 ms hiccup at tick 5 (4.5 intervals); the next
-    # ticks fire at once, back to back, until the schedule is met again, then on time
+    Returns the clock and how late each tick fired after its target (s).
+    """
     vt = _VirtualTime()
     monkeypatch.setattr("simulator.clock.time.sleep", vt.sleep)
     clock = TRClock(INTERVAL, timer=vt.timer)
@@ -61,10 +43,24 @@ def test_late_tick_is_caught_up(monkeypatch):
     fired = []
     for k in clock.ticks(N_TICKS):
         fired.append(vt.now - clock.t0)
-        vt.sleep(0.045 if k == 5 else 0.0001)
-    fired = np.array(fired)
-    targets = np.arange(N_TICKS) * INTERVAL
-    late = fired - targets
+        vt.sleep(work(k))
+    return clock, np.array(fired) - np.arange(N_TICKS) * INTERVAL
+
+
+def test_slow_callback_does_not_accumulate(monkeypatch):
+    # each callback "works" 6 ms of a 10 ms interval. A naive "sleep(interval) after the
+    # work" loop would drift by 6 ms per tick (last tick at 49 * 16 ms); the absolute
+    # schedule fires every tick at its own target.
+    clock, late = _virtual_run(monkeypatch, lambda k: 0.006)
+    assert late.size == N_TICKS
+    assert (late >= 0).all()  # never early
+    assert (late < clock.spin + 1e-5).all()  # no accumulated delay
+
+
+def test_late_tick_is_caught_up(monkeypatch):
+    # one 45 ms hiccup at tick 5 (4.5 intervals); the next ticks fire at once, back to
+    # back, until the schedule is met again, then on time
+    clock, late = _virtual_run(monkeypatch, lambda k: 0.045 if k == 5 else 0.0001)
     assert (late >= 0).all()
     assert late[6] > 0.02  # late right after the hiccup
     assert (np.diff(late[6:11]) < 0).all()  # catching up: each tick less late
