@@ -157,6 +157,8 @@ def test_run_simulate_with_headless_display_then_replay_and_report(tmp_path):
     assert re.search(r"feedback +vol=\d+ level=", out), out  # the participant saw feedback
     assert re.search(r"^\S+ end", out, re.M), out
     session = next((tmp_path / "sessions").glob("sub-p01_ses-*"))
+    # the record says when a participant display was connected
+    assert '"display_connected"' in (session / "events.jsonl").read_text()
     replay = rtfb("replay", session, "--out", tmp_path / "replayed", timeout=300)
     assert replay.returncode == 0, replay.stdout + replay.stderr
     assert "identical to the original" in replay.stdout

@@ -23,7 +23,7 @@ __all__ = ["DashboardModel"]
 FLAG_EVENTS = ("stale", "rejected", "motion")
 #: record event kinds shown on the page (``block`` changes are drawn as shading instead)
 EVENT_KINDS = ("start", "resume", "end", "warning", "error", "missing", "late", "mark",
-               "feedback_pause", "feedback_resume", "stop", "lock", "series", "stale",
+               "feedback_pause", "feedback_resume", "stop", "lock", "series", "stale", "display",
                "rejected", "spike", "motion")
 
 Listener = Callable[[dict[str, Any]], None]

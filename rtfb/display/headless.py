@@ -16,7 +16,7 @@ from typing import Any
 
 import zmq
 
-from rtfb.feedback.messages import DEFAULT_ADDRESS, MessageError
+from rtfb.feedback.messages import DEFAULT_ADDRESS, TOPIC_DISPLAY, MessageError
 from rtfb.feedback.signing import MessageVerifier, SignatureError
 
 from .state import DisplayState, Snapshot
@@ -49,7 +49,9 @@ def connect_subscriber(ctx: zmq.Context, address: str) -> zmq.Socket:
     """Return a SUB socket connected to ``address`` and subscribed to every topic.
 
     One subscription to everything (rather than one per topic) makes the publisher re-send
-    its cached status and feedback messages in the order they were first sent.
+    its cached status and feedback messages in the order they were first sent; a second one,
+    to ``TOPIC_DISPLAY`` (on which nothing is sent), tells the publisher that a participant
+    display is connected.
     """
     sock = ctx.socket(zmq.SUB)
     try:
@@ -60,6 +62,7 @@ def connect_subscriber(ctx: zmq.Context, address: str) -> zmq.Socket:
         if "[" in address:
             sock.setsockopt(zmq.IPV6, 1)
         sock.setsockopt(zmq.SUBSCRIBE, b"")
+        sock.setsockopt(zmq.SUBSCRIBE, TOPIC_DISPLAY)
         sock.connect(address)
     except BaseException:
         sock.close(linger=0)  # or the context could never terminate

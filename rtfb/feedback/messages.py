@@ -34,6 +34,7 @@ __all__ = [
     "MAX_MESSAGE_BYTES",
     "SCHEMA_VERSION",
     "TOPICS",
+    "TOPIC_DISPLAY",
     "TOPIC_FEEDBACK",
     "TOPIC_STATUS",
     "Block",
@@ -54,6 +55,9 @@ DEFAULT_ADDRESS = "tcp://127.0.0.1:5556"
 TOPIC_FEEDBACK = b"feedback"
 TOPIC_STATUS = b"status"
 TOPICS = (TOPIC_FEEDBACK, TOPIC_STATUS)
+#: A topic no message is sent on: participant displays subscribe to it as well, so that the
+#: publisher knows whether a display is connected (the operator dashboard does not).
+TOPIC_DISPLAY = b"display"
 
 #: quality and state flags of a feedback message (documented in docs/feedback_messages.md)
 FLAGS = (

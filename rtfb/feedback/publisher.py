@@ -29,6 +29,7 @@ from .._utils.checks import check_int, check_positive_number
 from .._utils.net import is_loopback
 from .messages import (
     DEFAULT_ADDRESS,
+    TOPIC_DISPLAY,
     FeedbackMessage,
     MessageError,
     StatusMessage,
@@ -114,6 +115,10 @@ class FeedbackPublisher:
         as serialised (``time_published`` included). Re-sends to late joiners are not
         reported (they repeat a reported message byte for byte). Keep it quick: it delays
         the next message. Exceptions are logged, not raised.
+    on_display : callable | None
+        ``on_display(connected)`` called in the publisher thread when the first participant
+        display subscribes (True) and when the last one leaves (False); displays subscribe
+        to ``TOPIC_DISPLAY`` besides the messages (the dashboard does not).
     sndhwm : int
         Messages queued per subscriber before ZeroMQ drops for that subscriber (a stalled
         display never blocks the publisher).
@@ -126,9 +131,11 @@ class FeedbackPublisher:
     ----------
     stats : dict
         Counters: ``published`` (accepted by :meth:`publish`), ``sent``, ``resent`` (to late
-        joiners), ``subscriptions`` (subscribe frames seen), ``dropped`` (queue full or
-        ZeroMQ refused), ``withheld`` (feedback sent after its ``deadline``, value withheld),
-        ``callback_errors``.
+        joiners), ``subscriptions`` (subscribe frames seen), ``displays`` (participant
+        displays that subscribed), ``dropped`` (queue full or ZeroMQ refused), ``withheld``
+        (feedback sent after its ``deadline``, value withheld), ``callback_errors``.
+    display_connected : bool
+        Whether a participant display is connected now.
 
     Notes
     -----
@@ -139,6 +146,7 @@ class FeedbackPublisher:
     def __init__(self, address: str = DEFAULT_ADDRESS, session_id: str | None = None, *,
                  allow_remote: bool = False, key: bytes | None = None,
                  on_sent: Callable[[str, dict[str, Any]], Any] | None = None,
+                 on_display: Callable[[bool], Any] | None = None,
                  sndhwm: int = 1000, linger: float = 1.0, max_queue: int = 10000):
         self.address = check_bind_address(address, allow_remote)
         if session_id is None:
@@ -152,11 +160,15 @@ class FeedbackPublisher:
         if on_sent is not None and not callable(on_sent):
             raise TypeError("on_sent must be callable or None.")
         self.on_sent = on_sent
+        if on_display is not None and not callable(on_display):
+            raise TypeError("on_display must be callable or None.")
+        self.on_display = on_display
+        self.display_connected = False
         self.sndhwm = check_int(sndhwm, "sndhwm", minimum=1)
         self.linger = float(linger) if linger == 0 else check_positive_number(linger, "linger")
         self._queue: queue.Queue = queue.Queue(maxsize=check_int(max_queue, "max_queue", 1))
         self.stats = {"published": 0, "sent": 0, "resent": 0, "subscriptions": 0,
-                      "dropped": 0, "withheld": 0, "callback_errors": 0}
+                      "displays": 0, "dropped": 0, "withheld": 0, "callback_errors": 0}
         self._stats_lock = threading.Lock()
         self._subscribed = threading.Condition(self._stats_lock)
         self._thread: threading.Thread | None = None
@@ -303,8 +315,40 @@ class FeedbackPublisher:
     def _count(self, key: str, n: int = 1) -> None:
         with self._stats_lock:
             self.stats[key] += n
-            if key == "subscriptions":
+            if key in ("subscriptions", "displays"):
                 self._subscribed.notify_all()
+
+    def _display_event(self, subscribed: bool) -> None:
+        """A participant display subscribed (each one), or the last one left."""
+        if subscribed:
+            self._count("displays")
+        changed = subscribed != self.display_connected
+        self.display_connected = subscribed
+        if changed and self.on_display is not None:
+            try:
+                self.on_display(subscribed)
+            except Exception:
+                self._count("callback_errors")
+                logger.exception("on_display callback failed")
+
+    def wait_for_displays(self, n: int = 1, timeout: float | None = None) -> bool:
+        """Wait until ``n`` participant displays subscribed in all (see ``TOPIC_DISPLAY``).
+
+        Parameters
+        ----------
+        n : int
+            Display subscriptions to wait for (each display subscribes once).
+        timeout : float | None
+            Longest wait in seconds (None: no limit).
+
+        Returns
+        -------
+        bool
+            Whether ``n`` displays subscribed before the timeout.
+        """
+        n = check_int(n, "n", minimum=0)
+        with self._subscribed:
+            return self._subscribed.wait_for(lambda: self.stats["displays"] >= n, timeout)
 
     def wait_for_subscriptions(self, n: int, timeout: float | None = None) -> bool:
         """Wait until ``n`` subscribe frames were seen in all (e.g. displays connected).
@@ -420,6 +464,9 @@ class FeedbackPublisher:
                 frame = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
+            if frame[1:] == TOPIC_DISPLAY and frame[:1] in (b"\x00", b"\x01"):
+                self._display_event(frame[0] == 1)
+                continue
             if not frame or frame[0] != 1:  # unsubscription or a stray frame
                 continue
             prefix = frame[1:]

@@ -119,7 +119,8 @@ def _status_table(status: SessionStatus, n_expected: int, metric: str = "metric"
     table = Table(title="rtfb session", show_header=True, box=box.SIMPLE_HEAD)
     for col in ("volume", "block", metric, "shown", "FD mm", "lat. ms", "missing", "late"):
         table.add_column(col, overflow="fold")
-    table.caption = "flags: " + (", ".join(status.flags) or "-")
+    display = {None: "?", True: "connected", False: "NOT CONNECTED"}[status.display]
+    table.caption = f"display: {display}   flags: " + (", ".join(status.flags) or "-")
     table.caption_justify = "left"
 
     def fmt(value, spec):
@@ -278,6 +279,7 @@ def run_command(args: argparse.Namespace) -> int:
                       simulator_dir=simulator_dir, resume=resume_dir is not None)
     publisher = FeedbackPublisher(address, session_id=session.session_id,
                                   on_sent=session.record_message,
+                                  on_display=session.record_display,
                                   key=new_feedback_key(args.feedback_key, address))
     session.publisher = publisher
     if simulator_dir is not None:  # the virtual participant's truth, for the report/tests
@@ -365,12 +367,12 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def _wait_for_display(publisher, n: int, timeout: float, console) -> bool:
-    """``--wait-display``: wait for ``n`` subscriptions (the built-in headless display
-    counts as one); returns whether they came in time.
+    """``--wait-display``: wait for ``n`` participant displays (the built-in headless
+    display counts as one; the dashboard does not); returns whether they came in time.
     """
     console.print(f"waiting up to {timeout:g} s for a display to connect to "
                   f"{publisher.endpoint} (rtfb display --address {publisher.endpoint})")
-    if publisher.wait_for_subscriptions(n, timeout):
+    if publisher.wait_for_displays(n, timeout):
         console.print("display connected: starting the simulated scanner")
         return True
     console.print(f"[yellow]no display connected within {timeout:g} s: starting anyway"

@@ -112,6 +112,7 @@ class SessionRecorder:
         self._messages = _AppendFile(self.directory / "messages.jsonl")
         self._messages_lock = threading.Lock()  # written by the publisher's thread
         self._volumes_lock = threading.Lock()  # idem (lines of sent feedback)
+        self._events_lock = threading.Lock()  # idem (display connected / lost)
         self._sync_wanted = threading.Event()
         self._sync_stop = False
         self._syncer: threading.Thread | None = None
@@ -182,7 +183,8 @@ class SessionRecorder:
         event = {"time": time.time(), "kind": kind, "message": message, **extra}
         if index is not None:
             event["index"] = index
-        self._events.write(dumps(event) + "\n")
+        with self._events_lock:
+            self._events.write(dumps(event) + "\n")
 
     def write_message(self, topic: str, message: dict) -> None:
         """Append one published ZeroMQ message exactly as sent (thread-safe)."""
@@ -191,8 +193,10 @@ class SessionRecorder:
 
     def sync(self) -> None:
         """Call os.fsync on every file (once per volume, after publishing)."""
-        for f in (self._inputs_bin, self._inputs, self._events):
+        for f in (self._inputs_bin, self._inputs):
             f.sync()
+        with self._events_lock:
+            self._events.sync()
         with self._volumes_lock:
             self._volumes.sync()
         with self._messages_lock:

@@ -54,7 +54,7 @@ from .report_plots import (
 __all__ = ["build_report_html", "write_report"]
 
 #: Event kinds listed in the events table (``block`` events are shown in the plots instead).
-TABLE_EVENT_KINDS = ("start", "resume", "warning", "error", "missing", "late", "mark",
+TABLE_EVENT_KINDS = ("start", "resume", "display", "warning", "error", "missing", "late", "mark",
                      "feedback_pause", "feedback_resume", "stop", "end")
 _MAX_EVENT_ROWS = 500
 

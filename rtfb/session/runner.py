@@ -73,6 +73,7 @@ class SessionStatus:
     stale: int = 0
     warnings: int = 0
     catching_up: bool = False
+    display: bool | None = None  # a participant display connected (None: not known yet)
     flags: tuple = ()
     done: bool = False
     messages: list = field(default_factory=list)
@@ -270,6 +271,22 @@ class Session(ResumeMixin):
         self.recorder.write_message(topic, message)
         if topic == "feedback":
             self._lines.sent(message)
+
+    def record_display(self, connected: bool) -> None:
+        """``on_display`` hook of the publisher: a participant display connected, or the last
+        one left (recorded; a warning, since the participant then sees nothing new).
+        """
+        self.status.display = connected
+        index = self.status.index if self.status.index >= 0 else None
+        try:
+            if connected:
+                self._event("display", "participant display connected", index,
+                            code="display_connected")
+            else:
+                self._event("warning", "participant display disconnected: the participant "
+                            "sees no feedback until it reconnects", index, code="display_lost")
+        except (OSError, ValueError):  # the record is closed (end of session)
+            pass
 
     def _set_latency(self, latency_ms: float | None) -> None:
         self.status.latency_ms = latency_ms

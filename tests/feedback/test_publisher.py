@@ -253,3 +253,35 @@ def test_value_sent_after_its_deadline_is_withheld():
     assert got[2]["value"] == 0.9
     assert pub.stats["withheld"] == 1
     assert [m["value"] for m in sent] == [None, 0.8, 0.9]
+
+
+def test_participant_displays_are_told_apart_from_other_subscribers():
+    # displays subscribe to TOPIC_DISPLAY too (connect_subscriber); the dashboard and other
+    # subscribers do not: the session knows whether the participant can see anything
+    from rtfb.display.headless import connect_subscriber
+
+    changes = []
+    pub = FeedbackPublisher(ANY_PORT, SESSION, linger=0.2, on_display=changes.append).start()
+    ctx = zmq.Context()
+    try:
+        other = ctx.socket(zmq.SUB)  # e.g. the dashboard: everything, but not as a display
+        other.setsockopt(zmq.LINGER, 0)
+        other.subscribe(b"")
+        other.connect(pub.endpoint)
+        assert pub.wait_for_subscriptions(1, timeout=30)
+        assert not pub.wait_for_displays(1, timeout=0.2) and not pub.display_connected
+        first = connect_subscriber(ctx, pub.endpoint)
+        second = connect_subscriber(ctx, pub.endpoint)
+        assert pub.wait_for_displays(2, timeout=30)
+        assert pub.display_connected and changes == [True]
+        first.close()  # one display left: still connected
+        second.close()  # the last one left
+        deadline = time.monotonic() + 30
+        while pub.display_connected and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not pub.display_connected and changes == [True, False]
+        assert pub.stats["displays"] == 2
+        other.close()
+    finally:
+        ctx.term()
+        pub.stop()
