@@ -54,6 +54,7 @@ class DashboardModel:
         self.mode = mode
         self.max_events = max_events
         self._lock = threading.Lock()
+        self._display: bool | None = None  # participant display connected (None: unknown)
         self._rows: dict[int, dict[str, Any]] = {}
         self._processed: set[int] = set()
         self._counts: dict[str, int] = {}
@@ -201,6 +202,8 @@ class DashboardModel:
                 self._paused = True
             elif kind == "feedback_resume":
                 self._paused = False
+            elif kind == "display" or event.get("code") == "display_lost":
+                self._display = kind == "display"  # a participant display connected / left
             if kind in ("lock", "series") and isinstance(event.get("series"), dict):
                 self._info["lock"] = event["series"]
                 self._emit_locked({"type": "info", "info": dict(self._info)})
@@ -249,7 +252,7 @@ class DashboardModel:
             "latency_ms": last.get("lat", self._latest_latency),
             "value": last.get("value"), "fd": last.get("fd"),
             "flags": sorted(set(last.get("flags", [])) | set(last.get("rflags", []))),
-            "paused": self._paused, "done": self._done,
+            "paused": self._paused, "done": self._done, "display": self._display,
             "missing": count("missing", 0), "late": count("late", 0),
             "spikes": count("spike", 0), "marks": count("mark", 0),
             "messages": self.n_messages,

@@ -163,3 +163,17 @@ def test_free_port_is_reported():
         s.listen(1)
         with pytest.raises(OSError):
             DashboardServer(DashboardModel(), port=taken).start()
+
+
+def test_status_says_whether_a_participant_display_is_connected():
+    model = DashboardModel()
+    assert model.snapshot()["status"]["display"] is None  # not known yet
+    model.ingest_event({"kind": "display", "code": "display_connected", "index": 3,
+                        "message": "participant display connected", "time": time.time()})
+    assert model.snapshot()["status"]["display"] is True
+    model.ingest_event({"kind": "warning", "code": "display_lost", "index": 9,
+                        "message": "participant display disconnected", "time": time.time()})
+    status = model.snapshot()["status"]
+    assert status["display"] is False
+    kinds = [e["kind"] for e in model.snapshot()["events"]]
+    assert kinds == ["display", "warning"]  # both listed for the operator

@@ -207,6 +207,10 @@
     setBadge("b-latency", `latency ${fmt(lat, 0)} ms`, lat > tr / 2 ? "bad" : lat > 100 ? "warn" : "");
     setBadge("b-value", "feedback " + fmt(st.value, 2) + (st.paused ? " (paused)" : ""),
       st.paused ? "warn" : "");
+    const disp = st.display;
+    setBadge("b-display", disp === true ? "display connected" :
+      disp === false ? "display NOT connected" : "display ?",
+      disp === true ? "ok" : disp === false ? "bad" : "");
     let state = S.connected ? (st.done ? "session ended" : (S.info.mode === "review" ? "recorded session" : "live")) : "disconnected";
     if (st.mode === "review") state = "recorded session";
     setBadge("b-state", state, S.connected ? (st.done ? "" : "ok") : "bad");
