@@ -140,6 +140,10 @@ def test_dashboard_in_chromium(tmp_path):
         _wait(lambda: js("return document.querySelectorAll('#slices-map canvas').length") == 3,
               60, "the change map slices")
 
+        # the simulated session's display is connected, and the page says so
+        _wait(lambda: js("return document.getElementById('b-display').textContent")
+              == "display connected", 60, "the display badge")
+
         shot = tmp_path / "dashboard.png"
         assert driver.save_screenshot(str(shot))
         from matplotlib.image import imread
