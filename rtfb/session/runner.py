@@ -276,6 +276,8 @@ class Session(ResumeMixin):
         """``on_display`` hook of the publisher: a participant display connected, or the last
         one left (recorded; a warning, since the participant then sees nothing new).
         """
+        if self.status.done:  # displays closing after the end are no news
+            return
         self.status.display = connected
         index = self.status.index if self.status.index >= 0 else None
         try:

@@ -14,6 +14,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import zmq
 
 from rtfb.config import load_protocol
 from rtfb.feedback.publisher import FeedbackPublisher
@@ -327,3 +328,37 @@ def test_value_sent_after_max_delay_is_withheld_and_recorded_stale(small, tmp_pa
     # a replay reproduces the record, withheld values included
     replayed = load_record(replay_session(tmp_path / "rec", tmp_path / "replay"))
     assert [v["feedback"] for v in replayed.volumes] == [v["feedback"] for v in record.volumes]
+
+
+def test_display_connected_and_lost_are_recorded(small, tmp_path):
+    # the operator must know when the participant's screen stops receiving: the record has
+    # display_connected when a display subscribes and a display_lost warning when it leaves
+    from rtfb.display.headless import connect_subscriber
+
+    session = Session(small["protocol"], tmp_path / "rec")
+    ctx = zmq.Context()
+    with FeedbackPublisher(small["protocol"].output.zmq_address, session_id=session.session_id,
+                           on_sent=session.record_message,
+                           on_display=session.record_display) as publisher:
+        session.publisher = publisher
+        display = connect_subscriber(ctx, publisher.endpoint)
+        assert publisher.wait_for_displays(1, timeout=60)
+
+        class Source(ListSource):
+            def get(self, timeout=None):
+                if len(self.items) == 20:  # half way: the display goes away
+                    display.close()
+                    deadline = time.monotonic() + 60
+                    while publisher.display_connected and time.monotonic() < deadline:
+                        time.sleep(0.01)
+                return super().get(timeout)
+
+        session.run(Source(small["vols"]))
+    session.close()
+    ctx.term()
+    events = load_record(tmp_path / "rec").events
+    codes = [(e.get("code"), e.get("index")) for e in events
+             if e.get("code") in ("display_connected", "display_lost")]
+    assert [c for c, _ in codes] == ["display_connected", "display_lost"]
+    assert codes[1][1] == 19  # lost after volume 19, the last one it could have shown
+    assert session.status.warnings >= 1
