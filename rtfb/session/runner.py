@@ -161,6 +161,7 @@ class Session(ResumeMixin):
         self._last_vec = None
         self._baseline_values: list[float] = []
         self._maps: MapWriter | None = None  # whole-brain maps, off the feedback path
+        self._maps_failed = False
         self._processed: set[int] = set()
         self._received: set[int] = set()
         self.commands = CommandQueue()  # operator commands (dashboard), applied between volumes
@@ -363,7 +364,7 @@ class Session(ResumeMixin):
 
     def _submit_maps(self, index: int, block) -> None:
         """Hand the window's maps to the map writer (after the volume was published)."""
-        if not self.engine.maps:
+        if not self.engine.maps or self._maps_failed:
             return
         every = self.protocol.output.write_maps_every
         block_end = self.schedule.is_last_of_block(index)
@@ -383,8 +384,17 @@ class Session(ResumeMixin):
                                    tr=self.protocol.session.tr, band=m.band,
                                    neighborhood=m.neighborhood, convention=m.convention)
         keep = block_end or self.replay_stale is not None  # a replay has time for all
-        skipped = self._maps.submit(MapJob(index, block.condition, clean, baseline=baseline,
-                                           write=not self._silent, keep=keep))
+        try:
+            skipped = self._maps.submit(MapJob(index, block.condition, clean,
+                                               baseline=baseline, write=not self._silent,
+                                               keep=keep))
+        except OSError:  # disk full: the session stops with a clear message (run loop)
+            raise
+        except Exception as err:  # maps are monitoring: they never stop the feedback
+            self._maps_failed = True
+            self._event("error", f"whole-brain maps stopped: {err!r}; the session and its "
+                        "feedback go on", index, code="maps_error")
+            return
         if skipped is not None:
             self._event("warning", f"maps of volume {skipped} skipped: the map writer is "
                         f"behind (maps of volume {index} queued instead)", index,
@@ -693,8 +703,11 @@ class Session(ResumeMixin):
             if self._maps is not None:  # the maps queued are part of the record
                 try:
                     self._maps.close()
-                except OSError as err:
-                    self._event("error", f"maps not saved: {err}", code="maps_error")
+                except Exception as err:  # the record and its other files still close
+                    try:
+                        self._event("error", f"maps not saved: {err!r}", code="maps_error")
+                    except OSError:
+                        pass
             try:
                 self.recorder.close(messages=isinstance(self.publisher, _NoPublisher))
             except OSError:

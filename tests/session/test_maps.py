@@ -17,6 +17,7 @@ from rtfb.metrics import alff, falff, reho
 from rtfb.session import maps as maps_module
 from rtfb.session.maps import MapJob, MapWriter
 from rtfb.session.metric_engine import MetricEngine, window_map
+from rtfb.session.record_reader import load_record
 from rtfb.session.replay import replay_session
 from rtfb.session.runner import Session
 from simulator import make_subject
@@ -167,14 +168,19 @@ write_maps_every = 5
 """
 
 
-def test_session_writes_every_block_end_map_and_replay_reproduces_them(tmp_path):
+def _monitoring_session(tmp_path):
+    """The maps protocol and its 36 volumes (ROI from the synthetic subject)."""
     subj = make_subject(shape=(20, 20, 12), n_volumes=36, seed=3)
     roi = tmp_path / "roi.nii.gz"
     nib.save(nib.Nifti1Image(subj.rois["left_insula"].astype(np.uint8), subj.affine), roi)
     path = tmp_path / "protocol.toml"
     path.write_text(PROTOCOL.format(roi=roi))
-    protocol = load_protocol(path)
     vols = [Volume(subj.data[..., t], subj.affine, t, tr=TR) for t in range(36)]
+    return load_protocol(path), vols
+
+
+def test_session_writes_every_block_end_map_and_replay_reproduces_them(tmp_path):
+    protocol, vols = _monitoring_session(tmp_path)
     out = Session(protocol, tmp_path / "session").run(ListSource(vols))
     files = {p.name for p in (out / "maps").glob("*.nii.gz")}
     # block ends (13, 25, 35) are always written; periodic ones (every 5) may be skipped
@@ -201,3 +207,20 @@ def test_session_writes_every_block_end_map_and_replay_reproduces_them(tmp_path)
         a = np.asarray(nib.load(out / "maps" / name).dataobj)
         b = np.asarray(nib.load(replayed / "maps" / name).dataobj)
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_failing_map_never_stops_the_session(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise ValueError("no map today")
+
+    monkeypatch.setattr(maps_module, "window_map", broken)
+    protocol, vols = _monitoring_session(tmp_path)
+    session = Session(protocol, tmp_path / "session")
+    out = session.run(ListSource(vols))
+    assert session.end_reason == "finished"
+    record = load_record(out)
+    assert [v["index"] for v in record.volumes] == list(range(36))
+    assert all(np.isfinite(v["metrics"]["alff"]) for v in record.volumes[9:])
+    errors = [e for e in record.events if e.get("code") == "maps_error"]
+    assert len(errors) == 1 and "no map today" in errors[0]["message"]
+
