@@ -151,7 +151,7 @@ class DisplayState:
         topic : str | bytes
             ``"feedback"`` or ``"status"`` (other topics are ignored).
         message : dict
-            The decoded message (see :func:`rtfb.feedback.messages.decode`).
+            The decoded message (see :func:`rtfb.feedback.wire.decode`).
         now : float | None
             Clock value of reception (default ``clock()``).
         """

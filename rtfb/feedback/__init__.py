@@ -20,10 +20,9 @@ from .messages import (
     FeedbackMessage,
     MessageError,
     StatusMessage,
-    decode,
-    encode,
 )
 from .publisher import DEFAULT_ADDRESS, FeedbackPublisher
+from .wire import decode, encode
 
 __all__ = [
     "DEFAULT_ADDRESS",

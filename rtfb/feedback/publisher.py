@@ -33,11 +33,9 @@ from .messages import (
     FeedbackMessage,
     MessageError,
     StatusMessage,
-    _as_message,
-    _topic_bytes,
-    encode,
 )
 from .signing import sign_frames
+from .wire import as_message, encode, topic_bytes
 
 __all__ = ["DEFAULT_ADDRESS", "FeedbackPublisher", "check_bind_address"]
 
@@ -287,8 +285,8 @@ class FeedbackPublisher:
         RuntimeError
             The publisher is not running.
         """
-        topic_b = _topic_bytes(topic)
-        msg = _as_message(message)
+        topic_b = topic_bytes(topic)
+        msg = as_message(message)
         if msg.topic != topic_b:
             raise MessageError(f"a {msg.type} message cannot be sent on topic {topic_b!r}.")
         if msg.session_id != self.session_id:

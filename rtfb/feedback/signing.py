@@ -21,7 +21,8 @@ from typing import Any
 
 from .._utils.keys import default_key_dir, load_key
 from ..exceptions import AuthenticationError
-from .messages import MessageError, decode
+from .messages import MessageError
+from .wire import decode
 
 __all__ = ["MessageVerifier", "SignatureError", "default_key_path", "message_tag",
            "sign_frames", "verify_message"]
@@ -64,7 +65,7 @@ def verify_message(frames: Sequence[bytes], key: bytes | None) -> tuple[str, dic
     -------
     topic : str
     message : dict
-        As :func:`rtfb.feedback.messages.decode`.
+        As :func:`rtfb.feedback.wire.decode`.
 
     Raises
     ------

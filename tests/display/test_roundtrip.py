@@ -8,8 +8,8 @@ import zmq
 from rtfb._utils.keys import write_key
 from rtfb.display.cli import display_main
 from rtfb.display.headless import HeadlessDisplay
-from rtfb.feedback.messages import encode
 from rtfb.feedback.publisher import FeedbackPublisher
+from rtfb.feedback.wire import encode
 
 from ..feedback._factories import REGULATE, SESSION, feedback, status
 

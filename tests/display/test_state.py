@@ -6,7 +6,8 @@ import json
 import pytest
 
 from rtfb.display.state import DEFAULT_TIMEOUT, TEXTS, DisplayState, Snapshot
-from rtfb.feedback.messages import DisplayHint, encode
+from rtfb.feedback.messages import DisplayHint
+from rtfb.feedback.wire import encode
 
 from ..feedback._factories import REGULATE, REST, feedback, status
 

@@ -13,12 +13,11 @@ from rtfb.feedback.messages import (
     DisplayHint,
     FeedbackMessage,
     MessageError,
-    decode,
     default_display,
-    encode,
     from_dict,
     validate_message,
 )
+from rtfb.feedback.wire import decode, encode
 
 from ._factories import REGULATE, REST, SESSION, feedback, many_messages, status
 

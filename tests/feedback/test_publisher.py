@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import zmq
 
-from rtfb.feedback.messages import MessageError, decode
+from rtfb.feedback.messages import MessageError
 from rtfb.feedback.publisher import FeedbackPublisher, check_bind_address
+from rtfb.feedback.wire import decode
 
 from ._factories import SESSION, feedback, status
 

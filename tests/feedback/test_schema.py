@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from rtfb.feedback.messages import MessageError, encode, validate_message
+from rtfb.feedback.messages import MessageError, validate_message
+from rtfb.feedback.wire import encode
 
 from ._factories import feedback, many_messages, status
 

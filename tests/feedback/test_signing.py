@@ -15,7 +15,6 @@ import zmq
 from rtfb._utils.keys import ensure_key, load_key, write_key
 from rtfb.display.headless import HeadlessDisplay
 from rtfb.exceptions import AuthenticationError
-from rtfb.feedback.messages import encode
 from rtfb.feedback.publisher import FeedbackPublisher
 from rtfb.feedback.signing import (
     MessageVerifier,
@@ -24,6 +23,7 @@ from rtfb.feedback.signing import (
     sign_frames,
     verify_message,
 )
+from rtfb.feedback.wire import encode
 from tests.session._protocols import free_port
 
 from ._factories import SESSION, feedback, status
