@@ -15,7 +15,8 @@ from .stats import (
 )
 
 __all__ = ["GROUP_DIR", "MIN_DF", "PIPELINE_DIR", "contrast_maps", "find_map", "fwe_threshold",
-           "load_map", "load_subject_maps", "model_warnings", "norm_name", "save_map", "in_mask"]
+           "in_mask", "load_map", "load_subject_maps", "model_warnings", "norm_name",
+           "save_map", "single_file"]
 
 PIPELINE_DIR = "rtfb"
 GROUP_DIR = "group"
@@ -48,6 +49,11 @@ def find_map(sub_dir: Path, subject: str, desc: str | None, metric: str,
     what = "brain mask" if desc is None else f"{metric!r} map"
     expected = func / (pattern + ("_desc-brain_mask.nii.gz" if desc is None
                                   else f"_desc-{metric}_map.nii.gz"))
+    return single_file(hits, subject, what, expected)
+
+
+def single_file(hits: list[Path], subject: str, what: str, expected: Path) -> Path:
+    """The one file of ``hits`` (one run per subject), or an error naming ``expected``."""
     if not hits:
         raise FileNotFoundError(f"{subject}: no {what} file {expected}.")
     if len(hits) > 1:

@@ -33,7 +33,7 @@ import pandas as pd
 
 from .._utils.checks import check_int
 from .graph import compare_groups, fc_matrix, graph_metrics
-from .group_common import PIPELINE_DIR
+from .group_common import PIPELINE_DIR, single_file
 from .group_results import GroupResults
 from .ica import GroupICA
 
@@ -119,12 +119,7 @@ def _find_one(deriv_dir: Path, subject: str, suffix: str, file_glob: str) -> Pat
     func = Path(deriv_dir) / PIPELINE_DIR / subject / "func"
     pattern = file_glob.format(subject=subject) + suffix
     hits = sorted(func.glob(pattern)) if func.is_dir() else []
-    if not hits:
-        raise FileNotFoundError(f"{subject}: no file {func / pattern}.")
-    if len(hits) > 1:
-        raise ValueError(f"{subject}: several files match {func / pattern}: "
-                         f"{[p.name for p in hits]}; narrow file_glob (one run per subject).")
-    return hits[0]
+    return single_file(hits, subject, suffix.strip("_").split(".")[0], func / pattern)
 
 
 def graph_analysis(group: GroupResults, density: float = 0.2, weighted: bool = False,
