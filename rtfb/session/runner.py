@@ -308,8 +308,6 @@ class Session(ResumeMixin):
             return False
         message["time_published"] = time.time()
         try:
-            if deadline is None:
-                return self.publisher.publish(topic, message) is not False
             return self.publisher.publish(topic, message, deadline=deadline) is not False
         except RuntimeError as err:  # publisher down: the session and its record go on
             if not getattr(self, "_publisher_down", False):
@@ -496,7 +494,6 @@ class Session(ResumeMixin):
             deferred = not isinstance(self.publisher, _NoPublisher)
             if deferred:  # written by record_message once sent (real send time)
                 self._lines.defer(index, entry)
-            origin = latency_origin(times)
             deadline = (None if shown is None or origin is None or self.replay_stale is not None
                         else origin + self.max_delay)
             if not self._publish("feedback", msg, deadline) or not deferred:

@@ -201,7 +201,7 @@ def test_dict_messages_as_the_session_builds_them():
     assert out["volume_index"] == 12 and out["time_published"] > 6.0  # stamped when sent
 
 
-def test_wait_for_subscriptions_counts_displays():
+def test_wait_for_subscriptions_counts_subscribers():
     # rtfb run --simulate --wait-display: the simulated scanner starts once a display is in
     pub = FeedbackPublisher(ANY_PORT, SESSION, linger=0.2).start()
     ctx = zmq.Context()
