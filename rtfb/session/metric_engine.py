@@ -246,21 +246,6 @@ class MetricEngine:
             return None
         return self._clean(everything=True)
 
-    def current_map(self, name: str) -> np.ndarray:
-        """Whole-brain 3D map of a monitored metric on the consistently cleaned window.
-
-        0 outside the mask; NaN inside during warm-up.
-        """
-        if name not in self.maps:
-            raise ValueError(f"map {name!r} is not computed (maps: {self.maps}).")
-        clean = self.map_window()
-        if clean is None:
-            out = np.zeros(self.mask.shape)
-            out[self.mask] = np.nan
-            return out
-        return window_map(clean, self.mask, name, tr=self.tr, band=self.band,
-                          neighborhood=self.neighborhood, convention=self.convention)
-
 
 def window_map(clean, mask, name: str, *, tr: float, band, neighborhood=27,
                convention: str = "rtfb") -> np.ndarray:
