@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
+from scipy.spatial.transform import Rotation
 
 __all__ = ["GRID_CHOICES", "T1W_VOXEL", "anatomy_field", "resample_run", "rotation_matrix",
            "subject_geometry", "t1w_image", "t1w_template"]
@@ -43,8 +44,6 @@ def anatomy_field(shape, seed: int, sigma: float = 1.2) -> np.ndarray:
 
 def rotation_matrix(degrees) -> np.ndarray:
     """3x3 rotation ``Rx @ Ry @ Rz`` for angles (degrees) about x, y and z."""
-    from scipy.spatial.transform import Rotation
-
     return Rotation.from_euler("XYZ", np.asarray(degrees, dtype=float), degrees=True).as_matrix()
 
 

@@ -344,17 +344,16 @@ class FeedbackPublisher:
         bool
             Whether ``n`` displays subscribed before the timeout.
         """
-        n = check_int(n, "n", minimum=0)
-        with self._subscribed:
-            return self._subscribed.wait_for(lambda: self.stats["displays"] >= n, timeout)
+        return self._wait_for_count("displays", n, timeout)
 
     def wait_for_subscriptions(self, n: int, timeout: float | None = None) -> bool:
-        """Wait until ``n`` subscribe frames were seen in all (e.g. displays connected).
+        """Wait until ``n`` subscribe frames were seen in all (any subscriber).
 
         Parameters
         ----------
         n : int
-            Subscriptions to wait for (a display subscribes once, to every topic).
+            Subscriptions to wait for (a subscriber to every topic subscribes once; a
+            display's ``TOPIC_DISPLAY`` subscription is counted in ``displays`` instead).
         timeout : float | None
             Longest wait in seconds (None: no limit).
 
@@ -363,10 +362,12 @@ class FeedbackPublisher:
         bool
             Whether ``n`` subscriptions were seen before the timeout.
         """
+        return self._wait_for_count("subscriptions", n, timeout)
+
+    def _wait_for_count(self, key: str, n: int, timeout: float | None) -> bool:
         n = check_int(n, "n", minimum=0)
         with self._subscribed:
-            return self._subscribed.wait_for(lambda: self.stats["subscriptions"] >= n,
-                                             timeout)
+            return self._subscribed.wait_for(lambda: self.stats[key] >= n, timeout)
 
     def _close_wake(self) -> None:
         for s in (self._wake_r, self._wake_w):
